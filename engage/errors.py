@@ -1,0 +1,81 @@
+"""One exception root for engage; subclasses carry the context a user needs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class EngageError(Exception):
+    """Root of every error engage raises on purpose (bad input, bad config, ...).
+
+    The CLI turns these into a message and exit status 1; anything else is a bug.
+    """
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One located problem in a file: ``path:line:col: field: message``."""
+
+    path: str
+    line: int | None
+    col: int | None
+    field: str | None
+    message: str
+    severity: str = "error"  # or "warning"
+
+    def __str__(self) -> str:
+        where = self.path
+        if self.line is not None:
+            where += f":{self.line}"
+            if self.col is not None:
+                where += f":{self.col}"
+        prefix = f"{self.field}: " if self.field else ""
+        tag = "warning: " if self.severity == "warning" else ""
+        return f"{where}: {tag}{prefix}{self.message}"
+
+
+class ValidationFailed(EngageError):
+    """Several located problems, reported all at once."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+class ConfigError(EngageError):
+    """config.yaml or the environment is wrong."""
+
+
+class NotFound(EngageError):
+    """A named thing (campaign, customer, message) does not exist."""
+
+
+class SendError(EngageError):
+    """A channel failed to hand a message to its provider."""
+
+    def __init__(self, message: str, *, code: str | None = None, retry_after: float | None = None):
+        super().__init__(message)
+        self.code = code
+        self.retry_after = retry_after
+
+
+class TransientSendError(SendError):
+    """Worth retrying later: network trouble, timeouts, 429, 5xx."""
+
+
+class PermanentSendError(SendError):
+    """Retrying cannot help: the provider refused this message.
+
+    ``suppress_reason`` is set when the address itself must be suppressed
+    (e.g. ``sms_stop`` for Twilio 21610, ``invalid_address``).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        suppress_reason: str | None = None,
+    ):
+        super().__init__(message, code=code)
+        self.suppress_reason = suppress_reason
