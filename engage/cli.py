@@ -1,0 +1,129 @@
+"""The ``engage`` command line: parse, call one library function, print.
+
+No business logic lives here. Every command reads config through ``Ctx``;
+``EngageError`` becomes a message and exit status 1, usage errors exit 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from sqlalchemy import Engine
+
+from .config import Config, default_config_path, load_config
+from .errors import EngageError
+from .timeutil import parse_instant, utcnow
+
+app = typer.Typer(
+    help="engage: reach the right customer at the right moment, with campaigns as code.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode=None,
+)
+db_app = typer.Typer(help="Database schema management.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+@dataclass
+class Ctx:
+    """Lazily built objects shared by the commands of one invocation."""
+
+    config_path: Path | None
+    _config: Config | None = None
+    _engine: Engine | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            self._config = load_config(self.config_path)
+        return self._config
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            from .db import get_engine
+
+            self._engine = get_engine(self.config.db_url)
+        return self._engine
+
+    def at(self, when: str | None) -> datetime:
+        """``--at WHEN`` (bare date = local midnight in the config zone), or now."""
+        if not when:
+            return utcnow()
+        try:
+            return parse_instant(when, self.config.zone)
+        except ValueError as exc:
+            raise EngageError(f"--at: {exc}") from None
+
+
+def ctx_of(ctx: typer.Context) -> Ctx:
+    obj = ctx.obj
+    assert isinstance(obj, Ctx)
+    return obj
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+@app.callback()
+def _main(
+    ctx: typer.Context,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            help="Path to config.yaml (env ENGAGE_CONFIG; default ./config.yaml).",
+            envvar="ENGAGE_CONFIG",
+        ),
+    ] = None,
+) -> None:
+    ctx.obj = Ctx(config_path=config)
+
+
+@db_app.command("upgrade")
+def db_upgrade(ctx: typer.Context) -> None:
+    """Apply database migrations (creates the database on first run)."""
+    from .db import current_revision, upgrade
+
+    c = ctx_of(ctx)
+    upgrade(c.engine)
+    out.print(f"database at revision {current_revision(c.engine)}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: exit 0 ok, 1 user error, 2 usage error."""
+    try:
+        app(args=argv, prog_name="engage", standalone_mode=False)
+    except typer.Abort:
+        err.print("aborted")
+        sys.exit(1)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.TyperException as exc:  # usage errors (typer vendors click)
+        show = getattr(exc, "show", None)
+        if show is not None:
+            show()
+        else:
+            err.print(f"error: {exc}", markup=False)
+        sys.exit(getattr(exc, "exit_code", 2))
+    except EngageError as exc:
+        err.print(f"error: {exc}", markup=False)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+    sys.exit(0)
