@@ -121,6 +121,8 @@ class SendGridChannel(Strict):
     from_name: str | None = None
     reply_to: str | None = None
     rate_per_second: float = Field(50.0, gt=0)
+    categories: list[str] = []  # added to ["engage", <campaign>] on every email
+    sandbox_mode: bool = False  # SendGrid validates but delivers nothing
 
 
 class TwilioChannel(Strict):
