@@ -92,9 +92,7 @@ def interaction_facts(
         ).label("last_engagement"),
         func.sum(case((is_order, 1), else_=0)).label("orders"),
         type_coerce(func.sum(case((is_order, i.c.amount))), Money()).label("lifetime_value"),
-        type_coerce(func.max(case((is_order, i.c.occurred_at))), UTCDateTime()).label(
-            "last_order"
-        ),
+        type_coerce(func.max(case((is_order, i.c.occurred_at))), UTCDateTime()).label("last_order"),
     ).where(i.c.occurred_at <= _at(as_of))
     if customer_ids is not None:
         q = q.where(i.c.customer_id.in_(customer_ids))
@@ -114,9 +112,7 @@ def points_facts(
     q = select(
         p.c.customer_id,
         func.sum(p.c.remaining).label("balance"),
-        func.sum(case((p.c.expires_at <= _at(horizon), p.c.remaining), else_=0)).label(
-            "expiring"
-        ),
+        func.sum(case((p.c.expires_at <= _at(horizon), p.c.remaining), else_=0)).label("expiring"),
         type_coerce(func.min(p.c.expires_at), UTCDateTime()).label("next_expiry"),
     ).where(
         p.c.earned_at <= _at(as_of),

@@ -53,7 +53,14 @@ class World:
                 ],
             )
 
-    def lot(self, cid: str, points: int, earned: datetime, expires: datetime, remaining: int | None = None) -> None:
+    def lot(
+        self,
+        cid: str,
+        points: int,
+        earned: datetime,
+        expires: datetime,
+        remaining: int | None = None,
+    ) -> None:
         self._n += 1
         with self.engine.begin() as conn:
             conn.execute(
@@ -71,9 +78,13 @@ class World:
             )
 
 
-def ids(engine: Engine, audience: Audience, as_of: datetime = AS_OF, config: Config | None = None) -> set[str]:
+def ids(
+    engine: Engine, audience: Audience, as_of: datetime = AS_OF, config: Config | None = None
+) -> set[str]:
     cfg = config or Config()
-    found = {r.customer_id for batch in stream_audience(engine, audience, cfg, as_of) for r in batch}
+    found = {
+        r.customer_id for batch in stream_audience(engine, audience, cfg, as_of) for r in batch
+    }
     assert count_audience(engine, audience, cfg, as_of) == len(found)
     return found
 
@@ -96,7 +107,12 @@ def test_quiet_for_boundaries(world: World, engine: Engine) -> None:
     c = w.customer("later_activity")
     w.act(c, AS_OF - 60 * D)
     w.act(c, AS_OF + 1 * D)  # after the as-of instant: ignored
-    assert ids(engine, aud(quiet_for="30d")) == {"exactly30", "none_old", "opens_only", "later_activity"}
+    assert ids(engine, aud(quiet_for="30d")) == {
+        "exactly30",
+        "none_old",
+        "opens_only",
+        "later_activity",
+    }
     # a day later, almost30 has gone quiet too; later_activity is active again
     assert ids(engine, aud(quiet_for="P30D"), AS_OF + 2 * D) == {
         "exactly30",
@@ -134,7 +150,11 @@ def test_active_within_and_orders(world: World, engine: Engine) -> None:
     assert ids(engine, aud(min_orders=2)) == {"two_orders"}
     assert ids(engine, aud(max_orders=0)) == {"no_orders", "after"}
     assert ids(engine, aud(min_orders=1, max_orders=1)) == {"one_order_old", "one_order_ancient"}
-    assert ids(engine, aud(min_lifetime_value="50.50")) == {"two_orders", "one_order_old", "one_order_ancient"}
+    assert ids(engine, aud(min_lifetime_value="50.50")) == {
+        "two_orders",
+        "one_order_old",
+        "one_order_ancient",
+    }
     assert ids(engine, aud(min_lifetime_value="50.51")) == {"one_order_old", "one_order_ancient"}
     assert ids(engine, aud(last_order_within="50d")) == {"two_orders"}
     assert ids(engine, aud(last_order_within="49d")) == set()

@@ -225,6 +225,8 @@ class Message(Base):
     channel: Mapped[str] = mapped_column(String(16))  # email | sms
     address: Mapped[str | None] = mapped_column(String(320))
     template: Mapped[str] = mapped_column(String(100))
+    priority: Mapped[int] = mapped_column(Integer, default=50)
+    counts_toward_cap: Mapped[bool] = mapped_column(Boolean, default=True)
     status: Mapped[str] = mapped_column(String(16))
     planned_at: Mapped[datetime]
     send_after: Mapped[datetime]
