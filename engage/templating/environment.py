@@ -1,0 +1,240 @@
+"""The sandboxed Jinja2 environment, its filters, and render-error translation.
+
+Marketers edit templates, so templates are untrusted code: they run in
+``ImmutableSandboxedEnvironment`` (no Python internals, no mutation of the
+objects we pass in), with ``StrictUndefined`` (a typo is an error, never an
+empty string) and a loader that cannot leave the templates folder. HTML
+templates (``*.html.j2``) are autoescaped; subject, text and SMS templates are
+not, on purpose: escaping there would put ``&amp;`` into a subject line.
+"""
+
+from __future__ import annotations
+
+import traceback
+from datetime import date, datetime
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from babel.dates import format_date, format_datetime
+from babel.numbers import format_currency, format_decimal
+from jinja2 import FileSystemLoader, StrictUndefined, TemplateNotFound, pass_context
+from jinja2.runtime import Context
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from ..errors import EngageError, Problem
+from ..timeutil import ensure_utc
+from .context import RENDER_INFO_KEY, RenderInfo
+
+
+class TemplateRenderError(EngageError):
+    """One template failed for one customer: syntax, undefined name, sandbox, filter.
+
+    ``template`` is the display path (``templates/winback/email.html.j2``) and
+    ``line`` the template line Jinja reports, when known.
+    """
+
+    def __init__(self, message: str, *, template: str | None = None, line: int | None = None):
+        self.template = template
+        self.line = line
+        self.detail = message
+        where = template or "template"
+        if line is not None:
+            where += f":{line}"
+        super().__init__(f"{where}: {message}")
+
+    def problem(self, severity: str = "error") -> Problem:
+        return Problem(self.template or "templates", self.line, None, None, self.detail, severity)
+
+
+def autoescape_for(name: str | None) -> bool:
+    """Escape HTML templates only (``email.html.j2``, ``_layouts/base.html.j2``)."""
+    return bool(name) and (str(name).endswith(".html.j2") or str(name).endswith(".html"))
+
+
+class ConfinedLoader(FileSystemLoader):
+    """A FileSystemLoader that also refuses symlinks pointing outside its root.
+
+    FileSystemLoader already rejects ``..`` and absolute names; a symlink in
+    the templates folder would still reach any file the process can read.
+    """
+
+    def __init__(self, root: Path):
+        super().__init__(str(root), encoding="utf-8")
+        self.root = root.resolve()
+
+    def get_source(self, environment: Any, template: str) -> Any:
+        source, filename, uptodate = super().get_source(environment, template)
+        if filename is None or not Path(filename).resolve().is_relative_to(self.root):
+            raise TemplateNotFound(template)
+        return source, filename, uptodate
+
+
+def _info(ctx: Context) -> RenderInfo:
+    info = ctx.get(RENDER_INFO_KEY)
+    if not isinstance(info, RenderInfo):
+        raise RuntimeError(
+            "this filter needs the render context "
+            "(import macros that use it with `{% import ... with context %}`)"
+        )
+    return info
+
+
+def _as_decimal(value: Any) -> Decimal:
+    if isinstance(value, Decimal):
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"money expects a number, got {type(value).__name__}")
+    try:
+        return Decimal(str(value))
+    except InvalidOperation:
+        raise ValueError(f"money expects a number, got {value!r}") from None
+
+
+def _local(value: Any, info: RenderInfo, what: str) -> datetime | date:
+    if isinstance(value, datetime):
+        return ensure_utc(value).astimezone(info.zone)
+    if isinstance(value, date):
+        return value
+    raise ValueError(f"{what} expects a date or datetime, got {type(value).__name__}")
+
+
+@pass_context
+def money_filter(ctx: Context, value: Any, currency: str | None = None) -> str:
+    """``{{ 12.5|money }}`` -> ``$12.50`` / ``12,50 $`` in the customer's locale."""
+    info = _info(ctx)
+    return format_currency(_as_decimal(value), currency or info.currency, locale=info.locale)
+
+
+@pass_context
+def number_filter(ctx: Context, value: Any) -> str:
+    """``{{ 1250|number }}`` -> ``1,250`` / ``1.250`` in the customer's locale."""
+    return format_decimal(_as_decimal(value), locale=_info(ctx).locale)
+
+
+@pass_context
+def date_filter(ctx: Context, value: Any, format: str = "medium") -> str:
+    """A date in the customer's zone and locale; ``short|medium|long|full`` or a pattern."""
+    info = _info(ctx)
+    local = _local(value, info, "date")
+    day = local.date() if isinstance(local, datetime) else local
+    return format_date(day, format=format, locale=info.locale)
+
+
+@pass_context
+def datetime_filter(ctx: Context, value: Any, format: str = "medium") -> str:
+    info = _info(ctx)
+    local = _local(value, info, "datetime")
+    if not isinstance(local, datetime):
+        local = datetime(local.year, local.month, local.day, tzinfo=info.zone)
+    return format_datetime(local, format=format, tzinfo=info.zone, locale=info.locale)
+
+
+@pass_context
+def days_until_filter(ctx: Context, value: Any) -> int:
+    """Calendar days from today to that date, both in the customer's zone (may be < 0)."""
+    info = _info(ctx)
+    local = _local(value, info, "days_until")
+    day = local.date() if isinstance(local, datetime) else local
+    return (day - info.now.date()).days
+
+
+@pass_context
+def utm_filter(ctx: Context, url: Any, **overrides: Any) -> str:
+    """Append the campaign's UTM parameters (``utm_source`` ...) to a link.
+
+    Parameters already in the URL win; keyword arguments override the
+    campaign's (``{{ shop.url|utm(medium="sms") }}``).
+    """
+    info = _info(ctx)
+    params = {**(info.utm or {}), **{k: str(v) for k, v in overrides.items()}}
+    if not params:
+        return str(url)
+    parts = urlsplit(str(url))
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    present = {k for k, _ in query}
+    for key, val in params.items():
+        name = key if key.startswith("utm_") else f"utm_{key}"
+        if name not in present and val:
+            query.append((name, val))
+    path = parts.path or ("/" if parts.netloc else "")
+    return urlunsplit(parts._replace(path=path, query=urlencode(query)))
+
+
+def _finalize(value: Any) -> Any:
+    # A missing optional value (last_name None) prints as nothing, not "None".
+    return "" if value is None else value
+
+
+def make_environment(root: Path) -> ImmutableSandboxedEnvironment:
+    env = ImmutableSandboxedEnvironment(
+        loader=ConfinedLoader(root),
+        autoescape=autoescape_for,
+        undefined=StrictUndefined,
+        auto_reload=False,  # Renderer.reload() swaps in a fresh, checked environment
+        cache_size=-1,  # keep every compiled template: the snapshot stays consistent
+        trim_blocks=True,
+        lstrip_blocks=True,
+        finalize=_finalize,
+    )
+    env.filters.update(
+        money=money_filter,
+        number=number_filter,
+        date=date_filter,
+        datetime=datetime_filter,
+        days_until=days_until_filter,
+        utm=utm_filter,
+    )
+    return env
+
+
+def render_error(
+    exc: BaseException, root: Path, shown_root: str, fallback: str
+) -> TemplateRenderError:
+    """Translate any exception raised while rendering into ``file:line: message``.
+
+    Jinja rewrites tracebacks so template frames carry the template file and
+    line; the innermost such frame is where the error happened (a layout or an
+    included file included).
+    """
+    from jinja2 import TemplateSyntaxError
+
+    root_s = str(root)
+    name, line = fallback, None
+    if isinstance(exc, TemplateSyntaxError) and exc.lineno:
+        name, line = exc.name or fallback, exc.lineno
+    else:
+        for frame in traceback.extract_tb(exc.__traceback__):
+            if frame.filename.startswith(root_s) and frame.filename.endswith(".j2"):
+                name = Path(frame.filename).relative_to(root_s).as_posix()
+                line = frame.lineno
+    message = _describe(exc)
+    return TemplateRenderError(message, template=f"{shown_root}/{name}", line=line)
+
+
+_OBJECT_NAMES = {
+    "'engage.templating.context.CustomerView object'": "customer",
+    "'engage.templating.context.PointsView object'": "points",
+    "'engage.templating.context.CampaignInfo object'": "campaign",
+    "'engage.config.Shop object'": "shop",
+}
+
+
+def _describe(exc: BaseException) -> str:
+    from jinja2 import TemplateNotFound as NotFound
+    from jinja2 import TemplateSyntaxError, UndefinedError
+    from jinja2.exceptions import SecurityError
+
+    if isinstance(exc, SecurityError):
+        return f"not allowed in templates: {exc}"
+    if isinstance(exc, NotFound):
+        return f"template not found: {exc.name}"
+    if isinstance(exc, TemplateSyntaxError):
+        return f"syntax error: {exc.message}"
+    if isinstance(exc, UndefinedError):
+        message = str(exc.message)
+        for internal, shown in _OBJECT_NAMES.items():
+            message = message.replace(internal, shown)
+        return f"undefined: {message}"
+    return f"{type(exc).__name__}: {exc}"

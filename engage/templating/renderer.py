@@ -1,0 +1,255 @@
+"""Render one campaign's email or SMS for one customer.
+
+``Renderer`` is built once per process and shared by the dispatcher's worker
+threads: the compiled templates live in an immutable snapshot (environment +
+the list of files it saw) that ``reload()`` replaces in one assignment, and
+only after the new files passed ``check()``, so a broken edit never replaces
+the last good version.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from ..config import Config
+from ..errors import Problem
+from ..recipients import Recipient
+from ..unsubscribe import make_token, unsubscribe_url
+from .context import CampaignInfo, build_context
+from .environment import TemplateRenderError, make_environment, render_error
+from .htmltext import html_to_text
+from .sms import Encoding, count_segments, encoding_of, with_opt_out
+
+SUBJECT = "subject.j2"
+HTML = "email.html.j2"
+TEXT = "email.txt.j2"
+SMS = "sms.j2"
+CHANNEL_FILES: dict[str, tuple[str, ...]] = {"email": (SUBJECT, HTML), "sms": (SMS,)}
+_FOLDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_WS = re.compile(r"\s+")
+
+
+@dataclass(frozen=True)
+class RenderedEmail:
+    subject: str
+    html: str
+    text: str
+    headers: dict[str, str]
+
+
+@dataclass(frozen=True)
+class RenderedSms:
+    body: str
+    encoding: Literal["GSM-7", "UCS-2"]
+    segments: int
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One consistent view of the templates folder: compiled templates + file list."""
+
+    env: ImmutableSandboxedEnvironment
+    files: frozenset[str]  # posix names relative to the templates root
+
+    def folders(self) -> dict[str, frozenset[str]]:
+        """Template folder -> channels it can render (``email``, ``sms``)."""
+        found: dict[str, set[str]] = {}
+        for name in self.files:
+            folder, _, leaf = name.partition("/")
+            if not leaf or "/" in leaf or folder.startswith(("_", ".")):
+                continue
+            chans = found.setdefault(folder, set())
+            for channel, needed in CHANNEL_FILES.items():
+                if all(f"{folder}/{f}" in self.files for f in needed):
+                    chans.add(channel)
+        return {k: frozenset(v) for k, v in sorted(found.items())}
+
+
+def scan_files(root: Path) -> frozenset[str]:
+    names: set[str] = set()
+    if not root.is_dir():
+        return frozenset()
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        rel = Path(dirpath).relative_to(root)
+        for fn in filenames:
+            if fn.endswith(".j2"):
+                names.add((rel / fn).as_posix())
+    return frozenset(names)
+
+
+def available_templates(config: Config) -> dict[str, frozenset[str]]:
+    """Template folders under ``config.templates_path`` and the channels each supports."""
+    root = config.templates_path
+    return Snapshot(make_environment(root), scan_files(root)).folders()
+
+
+class Renderer:
+    """Sandboxed rendering of campaign templates (SPEC §4); thread-safe."""
+
+    def __init__(self, config: Config, *, secret_key: str | None = None):
+        self.config = config
+        self.root = config.templates_path
+        self.shown_root = Path(config.templates_dir).as_posix().rstrip("/") or "templates"
+        self._secret = (
+            secret_key if secret_key is not None else config.secrets.get("ENGAGE_SECRET_KEY")
+        )
+        self._lock = threading.Lock()
+        self._snap = self._fresh_snapshot()
+
+    # -- snapshots --------------------------------------------------------
+    def _fresh_snapshot(self) -> Snapshot:
+        """Read and compile every template now, so the snapshot is what is on disk now."""
+        snap = Snapshot(make_environment(self.root), scan_files(self.root))
+        for name in snap.files:
+            try:
+                snap.env.get_template(name)
+            except Exception:  # reported by check(), raised again at render time
+                continue
+        return snap
+
+    @property
+    def snapshot(self) -> Snapshot:
+        return self._snap
+
+    def templates(self) -> dict[str, frozenset[str]]:
+        return self._snap.folders()
+
+    def reload(
+        self, campaigns: Iterable[Any] | None = None, *, now: datetime | None = None
+    ) -> list[Problem]:
+        """Re-read the templates folder; switch to it only if ``check`` finds no error.
+
+        Returns the problems found (warnings only when the switch happened).
+        Every template is compiled during the check, so the new snapshot keeps
+        serving exactly what was checked even if files change again later.
+        """
+        from .check import check_snapshot
+
+        with self._lock:
+            snap = self._fresh_snapshot()
+            problems = check_snapshot(self, snap, campaigns, now=now)
+            if not any(p.severity == "error" for p in problems):
+                self._snap = snap
+            return problems
+
+    def check(
+        self,
+        campaigns: Iterable[Any] | None = None,
+        *,
+        now: datetime | None = None,
+        sample: Recipient | None = None,
+    ) -> list[Problem]:
+        """Validate the templates on disk (``engage validate``); see ``check.py``."""
+        from .check import check_snapshot
+
+        return check_snapshot(self, self._fresh_snapshot(), campaigns, now=now, sample=sample)
+
+    # -- rendering --------------------------------------------------------
+    def _secret_key(self) -> str:
+        if self._secret is None:
+            return self.config.secret("ENGAGE_SECRET_KEY")  # raises ConfigError naming the variable
+        return self._secret
+
+    def _context(
+        self, info: CampaignInfo, recipient: Recipient, now: datetime, channel: str, secret: str
+    ) -> dict[str, Any]:
+        token = make_token(secret, recipient.customer_id, channel, info.name)
+        url = unsubscribe_url(self.config.public_url, token)
+        return build_context(self.config, info, recipient, now, url)
+
+    def _require(self, snap: Snapshot, template: str, channel: str) -> None:
+        if not _FOLDER_NAME.fullmatch(template):
+            raise TemplateRenderError(f"not a template folder name: {template!r}")
+        for leaf in CHANNEL_FILES[channel]:
+            if f"{template}/{leaf}" not in snap.files:
+                raise TemplateRenderError(
+                    f"{channel} needs {leaf} in this template folder, and it is missing",
+                    template=f"{self.shown_root}/{template}/{leaf}",
+                )
+
+    def _render(self, snap: Snapshot, name: str, ctx: dict[str, Any]) -> str:
+        try:
+            return snap.env.get_template(name).render(ctx)
+        except Exception as exc:  # one customer's render error must not stop a batch
+            raise render_error(exc, self.root, self.shown_root, name) from exc
+
+    def render_email(
+        self,
+        template: str,
+        campaign: Any,
+        recipient: Recipient,
+        now: datetime,
+        *,
+        message_ref: str | None = None,
+    ) -> RenderedEmail:
+        """Subject, HTML, text and headers of one email. Raises TemplateRenderError."""
+        return self._email(
+            self._snap,
+            template,
+            CampaignInfo.of(campaign),
+            recipient,
+            now,
+            self._secret_key(),
+            message_ref,
+        )
+
+    def render_sms(
+        self, template: str, campaign: Any, recipient: Recipient, now: datetime
+    ) -> RenderedSms:
+        """The SMS body with the opt-out line, its encoding and segment count."""
+        return self._sms(
+            self._snap, template, CampaignInfo.of(campaign), recipient, now, self._secret_key()
+        )
+
+    def _email(
+        self,
+        snap: Snapshot,
+        template: str,
+        info: CampaignInfo,
+        recipient: Recipient,
+        now: datetime,
+        secret: str,
+        message_ref: str | None = None,
+    ) -> RenderedEmail:
+        self._require(snap, template, "email")
+        ctx = self._context(info, recipient, now, "email", secret)
+        # A subject is one header line: newlines from data would be header injection.
+        subject = _WS.sub(" ", self._render(snap, f"{template}/{SUBJECT}", ctx)).strip()
+        html = self._render(snap, f"{template}/{HTML}", ctx)
+        if f"{template}/{TEXT}" in snap.files:
+            text = self._render(snap, f"{template}/{TEXT}", ctx).strip() + "\n"
+        else:
+            text = html_to_text(html) + "\n"
+        headers: dict[str, str] = {}
+        if not info.transactional:
+            headers["List-Unsubscribe"] = f"<{ctx['unsubscribe_url']}>"
+            headers["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+        if message_ref:
+            headers["X-Engage-Ref"] = message_ref
+        return RenderedEmail(subject=subject, html=html, text=text, headers=headers)
+
+    def _sms(
+        self,
+        snap: Snapshot,
+        template: str,
+        info: CampaignInfo,
+        recipient: Recipient,
+        now: datetime,
+        secret: str,
+    ) -> RenderedSms:
+        self._require(snap, template, "sms")
+        ctx = self._context(info, recipient, now, "sms", secret)
+        raw = self._render(snap, f"{template}/{SMS}", ctx)
+        body = with_opt_out(raw, self.config.sms_opt_out_line)
+        enc: Encoding = encoding_of(body)
+        return RenderedSms(body=body, encoding=enc, segments=count_segments(body, enc))
