@@ -104,6 +104,61 @@ def db_upgrade(ctx: typer.Context) -> None:
     out.print(f"database at revision {current_revision(c.engine)}")
 
 
+ERRORS_SHOWN = 50
+
+
+@app.command("import")
+def import_cmd(
+    ctx: typer.Context,
+    kind: Annotated[str, typer.Argument(help="customers, interactions or points.")],
+    file: Annotated[
+        str, typer.Argument(help="A .csv, .jsonl or .ndjson file (optionally .gz); - reads stdin.")
+    ],
+    rejects: Annotated[
+        Path | None,
+        typer.Option("--rejects", help="Write rejected rows here, same format plus the error."),
+    ] = None,
+    fmt: Annotated[
+        str | None, typer.Option("--format", help="csv or jsonl (default: from the file name).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Import customers, interactions or points: idempotent upserts, streamed in batches.
+
+    Bad rows are reported as FILE:LINE: field: why and skipped; good rows are kept
+    and the exit status is 0. A missing file or a CSV without the required
+    columns exits 1 before anything is written.
+    """
+    from .ingest import import_file
+
+    c = ctx_of(ctx)
+    bar, progress = None, None
+    if err.is_terminal:  # a progress bar over bytes read, only for a human watching
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+
+        bar = Progress(TextColumn(f"importing {kind}"), BarColumn(), DownloadColumn(), console=err)
+        task = bar.add_task(kind, total=None)
+        progress = lambda done, total: bar.update(task, completed=done, total=total)  # noqa: E731
+        bar.start()
+    try:
+        now = utcnow()
+        result = import_file(
+            c.engine, c.config, kind, file, fmt=fmt, rejects=rejects, now=now, progress=progress
+        )
+    finally:
+        if bar is not None:
+            bar.stop()
+    for problem in result.errors[:ERRORS_SHOWN]:
+        err.print(str(problem), markup=False)
+    if result.rejected > ERRORS_SHOWN:
+        where = f" (all in {rejects})" if rejects else " (use --rejects FILE to keep them all)"
+        err.print(f"... and {result.rejected - ERRORS_SHOWN:,} more{where}", markup=False)
+    if as_json:
+        print_json(result.to_dict())
+    else:
+        out.print(result.summary(), markup=False)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: exit 0 ok, 1 user error, 2 usage error."""
     try:
