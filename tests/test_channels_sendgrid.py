@@ -224,3 +224,14 @@ def test_concurrent_sends_from_8_threads_arrive_once(sg, tmp_path):
         assert r.body["personalizations"][0]["to"][0]["email"] == f"customer{i}@example.com"
         assert results[i] == r.provider_id
     assert len(set(results.values())) == 200
+
+
+def test_fake_checks_credentials_before_using_a_scripted_answer(sg, tmp_path):
+    good = build_channel(make_config(tmp_path, sg.url), "email")
+    bad = build_channel(make_config(tmp_path, sg.url, key="SG.other"), "email")
+    sg.script(500)
+    with pytest.raises(PermanentSendError):
+        bad.send(email(1))
+    with pytest.raises(TransientSendError):
+        good.send(email(2))
+    assert [r.status for r in sg.requests] == [401, 500]

@@ -85,7 +85,8 @@ class _Handler(BaseHTTPRequestHandler):
 class _FakeBase:
     """Server lifecycle, request log and response script shared by both fakes."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
+        self.port = port  # 0: any free port
         self._lock = threading.Lock()
         self._requests: list[Recorded] = []
         self._script: deque[Reply] = deque()
@@ -95,7 +96,7 @@ class _FakeBase:
 
     # -- lifecycle ---------------------------------------------------------
     def start(self) -> None:
-        server = _Server(("127.0.0.1", 0), _Handler)
+        server = _Server(("127.0.0.1", self.port), _Handler)
         server.fake = self
         self._server = server
         self._thread = threading.Thread(
@@ -169,15 +170,21 @@ class _FakeBase:
         headers = {k.lower(): v for k, v in h.headers.items()}
         path = urlsplit(h.path).path
         body = self._parse_body(headers, raw)
-        reply = self._next_scripted()
+        # Credentials first, as the real APIs do; a refused request uses no scripted answer.
+        denied = self._denied(headers)
+        reply = None if denied else self._next_scripted()
         if reply is not None and reply.status == "hang":
             self._record(Recorded(h.command, path, headers, body, raw, at))
             self._closing.wait(reply.seconds)
             h.close_connection = True  # hang up without a word
             return
-        status, out_headers, payload, provider_id = self._answer(
-            h.command, path, headers, body, reply
-        )
+        out_headers: dict[str, str] = {}
+        if denied is not None:
+            status, payload, provider_id = 401, denied, None
+        else:
+            status, out_headers, payload, provider_id = self._answer(
+                h.command, path, headers, body, reply
+            )
         self._record(Recorded(h.command, path, headers, body, raw, at, status, provider_id))
         data = json.dumps(payload).encode() if payload is not None else b""
         h.send_response(status)
@@ -202,6 +209,10 @@ class _FakeBase:
             return dict(parse_qsl(text, keep_blank_values=True))
         return text
 
+    def _denied(self, headers: dict[str, str]) -> Any:
+        """The 401 error body when the credentials are wrong, else None."""
+        raise NotImplementedError
+
     def _answer(
         self, method: str, path: str, headers: dict[str, str], body: Any, reply: Reply | None
     ) -> tuple[int, dict[str, str], Any, str | None]:
@@ -218,8 +229,8 @@ class _FakeBase:
 class FakeSendGrid(_FakeBase):
     """``POST /v3/mail/send`` answering 202 with an ``X-Message-Id``, like SendGrid v3."""
 
-    def __init__(self, api_key: str = "SG.test-key") -> None:
-        super().__init__()
+    def __init__(self, api_key: str = "SG.test-key", port: int = 0) -> None:
+        super().__init__(port)
         self.api_key = api_key
 
     def __enter__(self) -> FakeSendGrid:
@@ -230,16 +241,14 @@ class FakeSendGrid(_FakeBase):
     def _errors(message: str, field: str | None = None) -> dict[str, Any]:
         return {"errors": [{"message": message, "field": field, "help": None}]}
 
+    def _denied(self, headers: dict[str, str]) -> Any:
+        if headers.get("authorization") == f"Bearer {self.api_key}":
+            return None
+        return self._errors("The provided authorization grant is invalid, expired, or revoked")
+
     def _answer(
         self, method: str, path: str, headers: dict[str, str], body: Any, reply: Reply | None
     ) -> tuple[int, dict[str, str], Any, str | None]:
-        if headers.get("authorization") != f"Bearer {self.api_key}":
-            return (
-                401,
-                {},
-                self._errors("The provided authorization grant is invalid, expired, or revoked"),
-                None,
-            )
         if reply is not None:
             assert reply.status != "hang"
             default = {429: "too many requests", 500: "internal error"}.get(
@@ -315,8 +324,10 @@ _TWILIO_MESSAGES = {
 class FakeTwilio(_FakeBase):
     """``POST /2010-04-01/Accounts/{sid}/Messages.json`` answering 201 with an ``SM...`` SID."""
 
-    def __init__(self, account_sid: str = "AC" + "0" * 32, auth_token: str = "test-token") -> None:
-        super().__init__()
+    def __init__(
+        self, account_sid: str = "AC" + "0" * 32, auth_token: str = "test-token", port: int = 0
+    ) -> None:
+        super().__init__(port)
         self.account_sid = account_sid
         self.auth_token = auth_token
 
@@ -333,14 +344,15 @@ class FakeTwilio(_FakeBase):
             "status": status,
         }
 
-    def _answer(
-        self, method: str, path: str, headers: dict[str, str], body: Any, reply: Reply | None
-    ) -> tuple[int, dict[str, str], Any, str | None]:
+    def _denied(self, headers: dict[str, str]) -> Any:
         expected = (
             "Basic " + base64.b64encode(f"{self.account_sid}:{self.auth_token}".encode()).decode()
         )
-        if headers.get("authorization") != expected:
-            return 401, {}, self._error(401, 20003), None
+        return None if headers.get("authorization") == expected else self._error(401, 20003)
+
+    def _answer(
+        self, method: str, path: str, headers: dict[str, str], body: Any, reply: Reply | None
+    ) -> tuple[int, dict[str, str], Any, str | None]:
         if reply is not None:
             assert reply.status != "hang"
             if 200 <= reply.status < 300:
