@@ -1,0 +1,336 @@
+"""The dispatcher with real SDKs against the local fakes, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Iterator
+from datetime import timedelta
+from email import policy
+from email.parser import BytesParser
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from sqlalchemy import Engine, select, update
+
+from engage.channels import build_channels
+from engage.config import Config
+from engage.db.models import Customer, Message, Suppression
+from engage.dispatch import Dispatcher, TokenBucket, backoff_delay, claim, expire_leases, requeue
+from engage.templating.context import CampaignInfo
+from engage.templating.renderer import Renderer
+from engage.testing import FakeSendGrid, FakeTwilio
+
+from .helpers import NOW, add_customer, add_message, make_config
+
+CAMPAIGNS = {
+    "winback-30d": CampaignInfo(name="winback-30d", template="winback"),
+    "points-expiring": CampaignInfo(name="points-expiring", template="points-expiring"),
+}
+SG_KEY = "SG.test-key"
+TW_SID, TW_TOKEN = "AC" + "0" * 32, "test-token"
+
+
+def dispatcher(engine: Engine, config: Config, **kw) -> Dispatcher:
+    return Dispatcher(
+        engine,
+        config,
+        build_channels(config),
+        Renderer(config),
+        lambda: CAMPAIGNS,
+        rng=random.Random(7),
+        **kw,
+    )
+
+
+def statuses(engine: Engine) -> dict[int, tuple[str, str | None]]:
+    with engine.connect() as conn:
+        return {r.id: (r.status, r.error) for r in conn.execute(select(Message))}
+
+
+@pytest.fixture
+def sendgrid() -> Iterator[FakeSendGrid]:
+    with FakeSendGrid(api_key=SG_KEY) as fake:
+        yield fake
+
+
+@pytest.fixture
+def twilio() -> Iterator[FakeTwilio]:
+    with FakeTwilio(account_sid=TW_SID, auth_token=TW_TOKEN) as fake:
+        yield fake
+
+
+def sg_config(tmp_path: Path, fake: FakeSendGrid, **dispatch) -> Config:
+    return make_config(
+        tmp_path,
+        channels={
+            "email": "sendgrid",
+            "sms": "file",
+            "file": {"dir": str(tmp_path / "outbox")},
+            "sendgrid": {"api_host": fake.url, "timeout": 0.5, "from_email": "shop@shop.test"},
+        },
+        dispatch={"backoff_base": "1s", "max_attempts": 3, **dispatch},
+        secrets={"SENDGRID_API_KEY": SG_KEY},
+    )
+
+
+def test_file_channel_end_to_end(engine: Engine, tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    for n in range(3):
+        add_message(engine, add_customer(engine, f"c{n}"))
+    d = dispatcher(engine, config)
+    stats = d.run_once(NOW)
+    d.close()
+    assert stats.claimed == 3 and stats.outcomes["sent"] == 3
+    files = sorted((tmp_path / "outbox").glob("*.eml"))
+    assert len(files) == 3
+    msg = BytesParser(policy=policy.default).parsebytes(files[0].read_bytes())
+    assert msg["List-Unsubscribe"].startswith("<https://engage.shop.test/u/")
+    assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    with engine.connect() as conn:
+        rows = conn.execute(select(Message)).all()
+    assert {r.status for r in rows} == {"sent"}
+    assert all(r.provider == "file" and r.provider_id and r.sent_at for r in rows)
+    assert {r.address for r in rows} == {"c0@example.com", "c1@example.com", "c2@example.com"}
+    # nothing left to do: a second round claims nothing and writes nothing new
+    d = dispatcher(engine, config)
+    assert d.run_once(NOW).claimed == 0
+    d.close()
+    assert len(list((tmp_path / "outbox").glob("*.eml"))) == 3
+
+
+def test_sendgrid_payload_and_429_then_success(
+    engine: Engine, tmp_path: Path, sendgrid: FakeSendGrid
+) -> None:
+    config = sg_config(tmp_path, sendgrid)
+    mid = add_message(engine, add_customer(engine, "ann", first_name="Ann"))
+    sendgrid.script(429, retry_after=30)
+    d = dispatcher(engine, config)
+    assert d.run_once(NOW).outcomes == {"retry": 1}
+    with engine.connect() as conn:
+        row = conn.execute(select(Message).where(Message.id == mid)).one()
+    assert row.status == "retry" and row.attempts == 1
+    assert row.next_attempt_at - NOW >= timedelta(seconds=30)  # Retry-After honoured
+    assert d.run_once(NOW + timedelta(seconds=10)).claimed == 0  # not due yet
+    assert d.run_once(row.next_attempt_at).outcomes == {"sent": 1}
+    d.close()
+    assert len(sendgrid.requests) == 2  # one refused, one accepted: sent once
+    body = sendgrid.requests[-1].body
+    assert body["personalizations"][0]["to"] == [{"email": "ann@example.com"}]
+    assert body["from"]["email"] == "shop@shop.test"
+    assert body["custom_args"] == {"engage_message_id": str(mid)}
+    assert [c["type"] for c in body["content"]] == ["text/plain", "text/html"]
+    assert "Ann" in body["content"][1]["value"]
+    assert body["headers"]["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    with engine.connect() as conn:
+        row = conn.execute(select(Message).where(Message.id == mid)).one()
+    assert row.status == "sent" and row.provider == "sendgrid"
+    assert row.provider_id == sendgrid.requests[-1].provider_id
+
+
+def test_500_until_max_attempts_then_failed(
+    engine: Engine, tmp_path: Path, sendgrid: FakeSendGrid
+) -> None:
+    config = sg_config(tmp_path, sendgrid)
+    mid = add_message(engine, add_customer(engine, "bob"))
+    sendgrid.script(500, times=10)
+    d = dispatcher(engine, config)
+    when = NOW
+    for _ in range(3):
+        d.run_once(when)
+        with engine.connect() as conn:
+            row = conn.execute(select(Message).where(Message.id == mid)).one()
+        when = row.next_attempt_at or when
+    d.close()
+    assert len(sendgrid.requests) == 3
+    assert row.status == "failed" and row.attempts == 3
+    assert "gave up after 3 attempts" in row.error and "500" in row.error
+
+
+def test_hanging_provider_times_out_and_retries(
+    engine: Engine, tmp_path: Path, sendgrid: FakeSendGrid
+) -> None:
+    config = sg_config(tmp_path, sendgrid)
+    mid = add_message(engine, add_customer(engine, "cat"))
+    sendgrid.script("hang", seconds=3)
+    d = dispatcher(engine, config)
+    assert d.run_once(NOW).outcomes == {"retry": 1}
+    with engine.connect() as conn:
+        row = conn.execute(select(Message).where(Message.id == mid)).one()
+    assert "Transient" in row.error
+    assert d.run_once(row.next_attempt_at).outcomes == {"sent": 1}
+    d.close()
+
+
+def test_twilio_21610_suppresses_the_number(
+    engine: Engine, tmp_path: Path, twilio: FakeTwilio
+) -> None:
+    config = make_config(
+        tmp_path,
+        channels={
+            "email": "file",
+            "sms": "twilio",
+            "file": {"dir": str(tmp_path / "outbox")},
+            "twilio": {"api_base": twilio.url, "from_number": "+12025550100", "timeout": 2},
+        },
+        dispatch={"workers": 1},  # deterministic order: the scripted error hits dee
+        secrets={"TWILIO_ACCOUNT_SID": TW_SID, "TWILIO_AUTH_TOKEN": TW_TOKEN},
+    )
+    cid = add_customer(engine, "dee", phone="+12025550123", sms_opt_in=True)
+    ok = add_customer(engine, "eve", phone="+12025550124", sms_opt_in=True)
+    m1 = add_message(engine, cid, channel="sms")
+    m2 = add_message(engine, ok, channel="sms", send_after=NOW + timedelta(seconds=1))
+    twilio.script(400, code=21610)
+    d = dispatcher(engine, config)
+    d.run_once(NOW + timedelta(seconds=2))
+    d.close()
+    st_ = statuses(engine)
+    assert st_[m1][0] == "failed" and "21610" in st_[m1][1]
+    assert st_[m2][0] == "sent"
+    form = twilio.requests[-1].body
+    assert form["To"] == "+12025550124" and form["From"] == "+12025550100"
+    assert "STOP" in form["Body"]
+    with engine.connect() as conn:
+        sup = conn.execute(select(Suppression)).one()
+    assert (sup.channel, sup.address, sup.reason, sup.customer_id) == (
+        "sms",
+        "+12025550123",
+        "sms_stop",
+        "dee",
+    )
+
+
+def test_opt_out_after_planning_cancels(engine: Engine, tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    m1 = add_message(engine, add_customer(engine, "fay"))
+    m2 = add_message(engine, add_customer(engine, "gus"))
+    with engine.begin() as conn:
+        conn.execute(update(Customer).where(Customer.id == "fay").values(email_opt_in=False))
+    from engage import suppressions
+
+    suppressions.add(engine, [("email", "GUS@example.com", None, "unsubscribe", "test")])
+    d = dispatcher(engine, config)
+    d.run_once(NOW)
+    d.close()
+    st_ = statuses(engine)
+    assert st_[m1] == ("cancelled", "at send time: no_consent")
+    assert st_[m2] == ("cancelled", "at send time: suppressed")
+    assert not list((tmp_path / "outbox").glob("*"))
+
+
+def test_render_error_for_one_customer_does_not_stop_the_rest(
+    engine: Engine, tmp_path: Path
+) -> None:
+    config = make_config(tmp_path)
+    (tmp_path / "templates" / "broken").mkdir()
+    for name in ("subject.j2", "email.html.j2"):
+        (tmp_path / "templates" / "broken" / name).write_text(
+            "{% if customer.tier == 'gold' %}{{ customer.nope }}{% endif %}{{ unsubscribe_url }} "
+            "{{ shop.postal_address }}"
+        )
+    CAMPAIGNS["broken"] = CampaignInfo(name="broken", template="broken")
+    try:
+        bad = add_message(
+            engine, add_customer(engine, "hal", tier="gold"), campaign="broken", template="broken"
+        )
+        good = add_message(
+            engine, add_customer(engine, "ida"), campaign="broken", template="broken"
+        )
+        d = dispatcher(engine, config)
+        d.run_once(NOW)
+        d.close()
+    finally:
+        del CAMPAIGNS["broken"]
+    st_ = statuses(engine)
+    assert st_[bad][0] == "render_error" and "nope" in st_[bad][1]
+    assert st_[good][0] == "sent"
+
+
+def test_rate_limit_is_respected(engine: Engine, tmp_path: Path, sendgrid: FakeSendGrid) -> None:
+    config = sg_config(tmp_path, sendgrid)
+    config = config.model_copy(
+        update={
+            "channels": config.channels.model_copy(
+                update={
+                    "sendgrid": config.channels.sendgrid.model_copy(
+                        update={"rate_per_second": 20.0}
+                    )
+                }
+            )
+        }
+    )
+    for n in range(30):
+        add_message(engine, add_customer(engine, f"r{n:02d}"))
+    d = dispatcher(engine, config)
+    assert d.run_once(NOW).outcomes == {"sent": 30}
+    d.close()
+    times = sorted(r.at for r in sendgrid.requests)
+    span = times[-1] - times[0]
+    # 30 messages at 20/s with a burst of 1: 29 gaps of 50 ms at least
+    assert span >= 29 / 20 * 0.9
+    assert 30 / span <= 20 * 1.1 + 1
+
+
+def test_lease_expiry_makes_unknown_and_requeue_is_explicit(engine: Engine, tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    mid = add_message(engine, add_customer(engine, "jo"))
+    claimed = claim(engine, "dead-worker", NOW, 10, timedelta(minutes=5))
+    assert [c.id for c in claimed] == [mid]
+    # the worker died: nothing is due, nothing resends it
+    d = dispatcher(engine, config)
+    assert d.run_once(NOW + timedelta(minutes=10)).claimed == 0
+    assert expire_leases(engine, NOW + timedelta(minutes=4)) == 0
+    assert expire_leases(engine, NOW + timedelta(minutes=6)) == 1
+    assert statuses(engine)[mid][0] == "unknown"
+    assert d.run_once(NOW + timedelta(minutes=10)).claimed == 0
+    assert requeue(engine, [mid, 999], NOW + timedelta(minutes=11)) == {
+        mid: "requeued",
+        999: "not found",
+    }
+    assert d.run_once(NOW + timedelta(minutes=11)).outcomes == {"sent": 1}
+    assert requeue(engine, [mid], NOW) == {mid: "not requeueable (sent)"}
+    d.close()
+
+
+def test_stop_releases_claimed_messages_unsent(engine: Engine, tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    mid = add_message(engine, add_customer(engine, "kim"))
+    stop = threading.Event()
+    stop.set()
+    d = dispatcher(engine, config, stop=stop)
+    assert d.dispatch_batch(NOW).outcomes == {"released": 1}
+    d.close()
+    with engine.connect() as conn:
+        row = conn.execute(select(Message).where(Message.id == mid)).one()
+    assert (row.status, row.attempts, row.lease_owner) == ("planned", 0, None)
+
+
+@given(
+    attempt=st.integers(1, 20),
+    retry_after=st.one_of(st.none(), st.floats(0, 3600)),
+    seed=st.integers(0, 2**32),
+)
+def test_backoff_bounds(attempt: int, retry_after: float | None, seed: int) -> None:
+    base, cap = timedelta(seconds=30), timedelta(hours=1)
+    d = backoff_delay(attempt, base, cap, retry_after, random.Random(seed)).total_seconds()
+    exp = min(cap.total_seconds(), 30 * 2 ** (attempt - 1))
+    us = 1e-6  # timedelta keeps microseconds
+    assert d >= exp / 2 - us
+    assert d <= max(exp, retry_after or 0) + us
+    if retry_after is not None:
+        assert d >= retry_after - us
+
+
+def test_token_bucket_paces_acquisitions() -> None:
+    clock = [0.0]
+    bucket = TokenBucket(rate=4, clock=lambda: clock[0])
+    assert bucket.acquire()  # the initial burst of one
+    never_wait = threading.Event()
+    never_wait.set()  # acquire() gives up instead of waiting: count what is available
+    granted = 0
+    for _ in range(48):  # 3 s in steps of 1/16 s
+        clock[0] += 0.0625
+        granted += bucket.acquire(never_wait)
+    assert granted == 12  # 4 per second
