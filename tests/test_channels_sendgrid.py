@@ -235,3 +235,11 @@ def test_fake_checks_credentials_before_using_a_scripted_answer(sg, tmp_path):
     with pytest.raises(TransientSendError):
         good.send(email(2))
     assert [r.status for r in sg.requests] == [401, 500]
+
+
+def test_429_without_retry_after_uses_sendgrids_rate_limit_reset(sg, tmp_path):
+    channel = build_channel(make_config(tmp_path, sg.url), "email")
+    sg.script(429, headers={"X-RateLimit-Reset": str(int(time.time()) + 60)})
+    with pytest.raises(TransientSendError) as info:
+        channel.send(email())
+    assert info.value.retry_after is not None and 30 < info.value.retry_after <= 61

@@ -20,6 +20,7 @@ import http.client
 import json
 import re
 import threading
+import time
 import urllib.error
 from typing import Any
 
@@ -87,7 +88,7 @@ def map_sendgrid_error(exc: BaseException, *, api_key: str = "", to: str = "") -
     if isinstance(exc, HTTPError):
         status = int(exc.status_code)
         headers = exc.headers
-        retry_after = parse_retry_after(headers.get("Retry-After") if headers is not None else None)
+        retry_after = _retry_after(headers)
         errors = _error_list(exc.body)
         detail = clean("; ".join(e.get("message") or "" for e in errors if e.get("message")))
         text = f"SendGrid HTTP {status}" + (f": {detail}" if detail else "")
@@ -121,6 +122,20 @@ def map_sendgrid_error(exc: BaseException, *, api_key: str = "", to: str = "") -
             clean(f"SendGrid connection failed: {type(exc).__name__}: {exc}"), code=NETWORK
         )
     raise TypeError(f"not a SendGrid transport error: {type(exc).__name__}")
+
+
+def _retry_after(headers: Any) -> float | None:
+    """``Retry-After``, else SendGrid's own ``X-RateLimit-Reset`` (a Unix time)."""
+    if headers is None:
+        return None
+    retry_after = parse_retry_after(headers.get("Retry-After"))
+    reset = headers.get("X-RateLimit-Reset")
+    if retry_after is None and reset:
+        try:
+            retry_after = max(0.0, float(reset) - time.time())
+        except ValueError:
+            return None
+    return retry_after
 
 
 def _error_list(body: Any) -> list[dict[str, Any]]:
