@@ -1,0 +1,342 @@
+"""One campaign occurrence -> decisions -> outbox rows, in bulk and idempotently.
+
+``evaluate`` streams the audience and applies the policy rules with facts
+loaded per batch (suppressions, this campaign's history, frequency-cap use);
+``dry_run`` reports it without writing; ``plan_occurrence`` writes
+``message`` rows (``planned`` or ``held_out``) with a unique dedupe key and
+records the occurrence in ``campaign_run``. Planning the same occurrence
+twice, from one process or several, inserts nothing new.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, and_, case, func, or_, select, update
+
+from . import suppressions
+from .campaigns.audience import stream_audience
+from .config import Config
+from .db.bulk import insert_ignore
+from .db.models import CampaignRun, Message
+from .policy import (
+    CAP_STATES,
+    REENTRY_STATES,
+    CampaignRules,
+    Decision,
+    History,
+    decide,
+)
+from .recipients import Recipient
+from .timeutil import ensure_utc, utcnow
+
+log = logging.getLogger(__name__)
+
+M = Message.__table__
+R = CampaignRun.__table__
+
+
+def dedupe_key(campaign: str, scheduled_at: datetime, customer_id: str) -> str:
+    """One message per (campaign, occurrence, customer), whoever plans it."""
+    return f"{campaign}|{ensure_utc(scheduled_at):%Y%m%dT%H%M%SZ}|{customer_id}"
+
+
+@dataclass
+class Evaluated:
+    recipient: Recipient
+    decision: Decision
+
+
+def _load_history(
+    conn: Connection,
+    batch: Sequence[Recipient],
+    rules: CampaignRules,
+    config: Config,
+    as_of: datetime,
+    run_id: int | None,
+) -> dict[str, History]:
+    """Last send of this campaign and frequency-cap use, per customer, in two queries.
+
+    Rows of the occurrence being planned (``run_id``) are ignored, so that
+    re-planning an interrupted occurrence reaches the same decisions.
+    """
+    ids = [r.customer_id for r in batch]
+    when = func.coalesce(M.c.sent_at, M.c.send_after)
+    not_this_run = or_(M.c.run_id.is_(None), M.c.run_id != run_id) if run_id else True
+    last = {
+        cid: ts
+        for cid, ts in conn.execute(
+            select(M.c.customer_id, func.max(when))
+            .where(
+                M.c.campaign == rules.name,
+                M.c.customer_id.in_(ids),
+                M.c.status.in_(REENTRY_STATES),
+                M.c.planned_at <= as_of,
+                not_this_run,
+            )
+            .group_by(M.c.customer_id)
+        )
+    }
+    cap = config.frequency_cap
+    used: dict[str, tuple[int, int]] = {}
+    if not rules.exempt_from_frequency_cap:
+        rows = conn.execute(
+            select(
+                M.c.customer_id,
+                func.count(),
+                func.sum(
+                    case((and_(M.c.status == "planned", M.c.priority < rules.priority), 1), else_=0)
+                ),
+            )
+            .where(
+                M.c.customer_id.in_(ids),
+                M.c.counts_toward_cap.is_(True),
+                M.c.status.in_(CAP_STATES),
+                when > as_of - cap.per,
+                M.c.planned_at <= as_of,
+                not_this_run,
+            )
+            .group_by(M.c.customer_id)
+        ).tuples()
+        used = {cid: (int(n), int(p or 0)) for cid, n, p in rows}
+    out = {}
+    for cid in ids:
+        n, p = used.get(cid, (0, 0))
+        last_sent = last.get(cid)
+        if isinstance(last_sent, str):  # max() of text instants on SQLite
+            last_sent = datetime.fromisoformat(last_sent)
+        out[cid] = History(
+            last_sent=ensure_utc(last_sent) if last_sent else None, cap_used=n, preemptable=p
+        )
+    return out
+
+
+def evaluate(
+    engine: Engine,
+    config: Config,
+    campaign: Any,
+    as_of: datetime,
+    *,
+    run_id: int | None = None,
+    batch: int = 2000,
+    limit: int | None = None,
+) -> Iterator[list[Evaluated]]:
+    """Decisions for everyone in the audience, in batches (reads only)."""
+    rules = CampaignRules.of(campaign)
+    for recipients in stream_audience(
+        engine, campaign.audience, config, as_of, batch=batch, limit=limit
+    ):
+        with engine.connect() as conn:
+            supp = suppressions.load_for(conn, recipients)
+            history = _load_history(conn, recipients, rules, config, as_of, run_id)
+        yield [
+            Evaluated(r, decide(r, rules, config, as_of, supp, history[r.customer_id]))
+            for r in recipients
+        ]
+
+
+@dataclass
+class DryRun:
+    campaign: str
+    as_of: datetime
+    counts: Counter[str] = field(default_factory=Counter)
+    decisions: list[Evaluated] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        from .timeutil import isoformat_z
+
+        return {
+            "campaign": self.campaign,
+            "as_of": isoformat_z(self.as_of),
+            "counts": dict(self.counts),
+            "decisions": [
+                {
+                    "customer_id": e.decision.customer_id,
+                    "decision": e.decision.action,
+                    "reason": e.decision.reason,
+                    "channel": e.decision.channel,
+                    "send_at": isoformat_z(e.decision.send_at) if e.decision.send_at else None,
+                }
+                for e in self.decisions
+            ],
+        }
+
+
+def count_decisions(counts: Counter[str], evaluated: Sequence[Evaluated]) -> None:
+    for e in evaluated:
+        counts["matched"] += 1
+        d = e.decision
+        if d.action == "send":
+            counts["send"] += 1
+            counts[f"send_{d.channel}"] += 1
+        else:
+            counts["skip"] += 1
+            counts[d.reason or "skip"] += 1
+
+
+def dry_run(
+    engine: Engine,
+    config: Config,
+    campaign: Any,
+    as_of: datetime,
+    *,
+    limit: int | None = None,
+    check_render: Callable[[Evaluated], str | None] | None = None,
+) -> DryRun:
+    """Who would get what and why not; writes nothing.
+
+    ``limit`` bounds the listed decisions, not the counts. ``check_render``
+    renders a would-be message and returns an error text, turning that send
+    into a ``render_error`` skip.
+    """
+    report = DryRun(campaign.name, as_of)
+    for evaluated in evaluate(engine, config, campaign, as_of):
+        if check_render is not None:
+            evaluated = [_with_render_check(e, check_render) for e in evaluated]
+        count_decisions(report.counts, evaluated)
+        room = None if limit is None else max(limit - len(report.decisions), 0)
+        report.decisions.extend(evaluated if room is None else evaluated[:room])
+    return report
+
+
+def _with_render_check(e: Evaluated, check: Callable[[Evaluated], str | None]) -> Evaluated:
+    if e.decision.action != "send":
+        return e
+    error = check(e)
+    if error is None:
+        return e
+    d = e.decision
+    return Evaluated(
+        e.recipient,
+        Decision(
+            d.customer_id, "skip", "render_error", d.channel, d.address, extra={"error": error}
+        ),
+    )
+
+
+@dataclass
+class PlanResult:
+    campaign: str
+    scheduled_at: datetime
+    run_id: int
+    already_planned: bool
+    counts: dict[str, int]
+    inserted: int
+
+
+def _get_or_create_run(
+    conn: Connection, campaign: str, scheduled_at: datetime, now: datetime
+) -> Any:
+    insert_ignore(
+        conn,
+        R,
+        [
+            {
+                "campaign": campaign,
+                "scheduled_at": scheduled_at,
+                "state": "planning",
+                "counts": {},
+                "created_at": now,
+            }
+        ],
+        ["campaign", "scheduled_at"],
+    )
+    return conn.execute(
+        select(R).where(R.c.campaign == campaign, R.c.scheduled_at == scheduled_at)
+    ).one()
+
+
+def _preempt(conn: Connection, customer_id: str, rules: CampaignRules, now: datetime) -> None:
+    """Cancel the lowest-priority planned message holding a cap slot for the customer."""
+    victim = conn.execute(
+        select(M.c.id)
+        .where(
+            M.c.customer_id == customer_id,
+            M.c.status == "planned",
+            M.c.priority < rules.priority,
+            M.c.counts_toward_cap.is_(True),
+        )
+        .order_by(M.c.priority, M.c.send_after.desc())
+        .limit(1)
+    ).scalar()
+    if victim is not None:
+        conn.execute(
+            update(M)
+            .where(M.c.id == victim, M.c.status == "planned")
+            .values(status="cancelled", error=f"preempted by {rules.name}", updated_at=now)
+        )
+
+
+def plan_occurrence(
+    engine: Engine,
+    config: Config,
+    campaign: Any,
+    scheduled_at: datetime,
+    *,
+    now: datetime | None = None,
+    batch: int = 2000,
+) -> PlanResult:
+    """Plan one occurrence into the outbox. Idempotent per (campaign, scheduled_at)."""
+    now = now or utcnow()
+    scheduled_at = ensure_utc(scheduled_at)
+    rules = CampaignRules.of(campaign)
+    with engine.begin() as conn:
+        run = _get_or_create_run(conn, campaign.name, scheduled_at, now)
+    if run.state in ("planned", "missed"):
+        return PlanResult(campaign.name, scheduled_at, run.id, True, dict(run.counts or {}), 0)
+
+    counts: Counter[str] = Counter()
+    inserted = 0
+    for evaluated in evaluate(engine, config, campaign, scheduled_at, run_id=run.id, batch=batch):
+        count_decisions(counts, evaluated)
+        rows = []
+        preempting = []
+        for e in evaluated:
+            d = e.decision
+            if d.action != "send" and not d.held_out:
+                continue
+            rows.append(
+                {
+                    "dedupe_key": dedupe_key(campaign.name, scheduled_at, d.customer_id),
+                    "campaign": campaign.name,
+                    "run_id": run.id,
+                    "customer_id": d.customer_id,
+                    "channel": d.channel,
+                    "address": d.address,
+                    "template": campaign.template,
+                    "priority": rules.priority,
+                    "counts_toward_cap": not rules.exempt_from_frequency_cap,
+                    "status": "held_out" if d.held_out else "planned",
+                    "planned_at": now,
+                    "send_after": d.send_at,
+                    "attempts": 0,
+                    "updated_at": now,
+                }
+            )
+            if d.preempts:
+                preempting.append(d.customer_id)
+        with engine.begin() as conn:
+            for cid in preempting:
+                _preempt(conn, cid, rules, now)
+            inserted += insert_ignore(conn, M, rows, ["dedupe_key"])
+    with engine.begin() as conn:
+        conn.execute(
+            update(R)
+            .where(R.c.id == run.id)
+            .values(state="planned", counts=dict(counts), finished_at=utcnow())
+        )
+    log.info(
+        "planned",
+        extra={
+            "event": "planned",
+            "campaign": campaign.name,
+            "inserted": inserted,
+            "counts": dict(counts),
+        },
+    )
+    return PlanResult(campaign.name, scheduled_at, run.id, False, dict(counts), inserted)

@@ -1,0 +1,227 @@
+"""Planning occurrences into the outbox: decisions, idempotence, cap, holdout, windows."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import Engine, func, insert, select
+
+from engage import suppressions
+from engage.campaigns.schema import Campaign
+from engage.config import Config
+from engage.db.models import CampaignRun, Customer, Message
+from engage.planner import dedupe_key, dry_run, plan_occurrence
+
+from .helpers import NOW, add_customer, add_interaction, make_config
+
+
+def campaign(**kw: Any) -> Campaign:
+    data: dict[str, Any] = {
+        "name": "winback-30d",
+        "schedule": {"cron": "0 10 * * *", "timezone": "UTC"},
+        "audience": {"quiet_for": "30d"},
+        "channels": ["email", "sms"],
+        "template": "winback",
+        "send_window": {"start": "00:00", "end": "24:00"},
+    }
+    data.update(kw)
+    return Campaign.model_validate(data)
+
+
+def messages(engine: Engine) -> list[Any]:
+    with engine.connect() as conn:
+        return conn.execute(select(Message).order_by(Message.id)).all()
+
+
+def test_plan_twice_inserts_nothing_new(engine: Engine, tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    for n in range(5):
+        add_customer(engine, f"c{n}")
+    add_interaction(engine, "c4", NOW - timedelta(days=1))  # active: not in the audience
+    c = campaign()
+    first = plan_occurrence(engine, config, c, NOW, now=NOW)
+    assert first.inserted == 4 and not first.already_planned
+    assert first.counts["matched"] == 4 and first.counts["send"] == 4
+    again = plan_occurrence(engine, config, c, NOW, now=NOW)
+    assert again.already_planned and again.inserted == 0 and again.counts == first.counts
+    rows = messages(engine)
+    assert len(rows) == 4
+    assert {r.dedupe_key for r in rows} == {
+        dedupe_key("winback-30d", NOW, f"c{n}") for n in range(4)
+    }
+    assert {(r.status, r.channel, r.send_after) for r in rows} == {("planned", "email", NOW)}
+    with engine.connect() as conn:
+        run = conn.execute(select(CampaignRun)).one()
+    assert (run.state, run.scheduled_at, run.counts["send"]) == ("planned", NOW, 4)
+
+
+def test_interrupted_planning_resumes_without_duplicates(engine: Engine, tmp_path: Path) -> None:
+    """A run left in 'planning' (the process died) is re-planned to the same result."""
+    config = make_config(tmp_path)
+    for n in range(6):
+        add_customer(engine, f"c{n}")
+    c = campaign(reentry="once")
+    plan_occurrence(engine, config, c, NOW, now=NOW)
+    with engine.begin() as conn:
+        conn.execute(CampaignRun.__table__.update().values(state="planning"))
+        conn.execute(Message.__table__.delete().where(Message.customer_id.in_(["c4", "c5"])))
+    resumed = plan_occurrence(engine, config, c, NOW, now=NOW)
+    assert resumed.inserted == 2 and resumed.counts["send"] == 6  # not 'reentry' for c0..c3
+    assert len(messages(engine)) == 6
+
+
+def test_unsubscribed_customer_is_never_messaged(engine: Engine, tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    add_customer(engine, "ann", phone="+12025550123", sms_opt_in=True)
+    add_customer(engine, "bob", phone="+12025550124", sms_opt_in=True)
+    suppressions.add(engine, [("email", "ann@example.com", "ann", "unsubscribe", "test")])
+    suppressions.add(engine, [("sms", "+12025550123", "ann", "sms_stop", "test")])
+    suppressions.add(engine, [("email", "BOB@example.com", None, "unsubscribe", "test")])
+    result = plan_occurrence(engine, config, campaign(), NOW, now=NOW)
+    assert result.counts["suppressed"] == 1  # ann: every channel suppressed
+    rows = messages(engine)
+    assert [(r.customer_id, r.channel) for r in rows] == [("bob", "sms")]  # bob falls back to SMS
+
+
+def test_frequency_cap_resolves_by_priority(engine: Engine, tmp_path: Path) -> None:
+    config = make_config(tmp_path, frequency_cap={"max_messages": 1, "per": "7d"})
+    for cid in ("ann", "bob"):
+        add_customer(engine, cid)
+    high = campaign(name="high", priority=90)
+    # the low-priority campaign planned first (window: its messages wait until 18:00)
+    low = campaign(name="low", priority=10, send_window={"start": "18:00", "end": "20:00"})
+    plan_occurrence(engine, config, low, NOW, now=NOW)
+    result = plan_occurrence(engine, config, high, NOW, now=NOW)
+    assert result.counts["send"] == 2  # took the slots by preempting
+    by = {(r.campaign, r.customer_id): (r.status, r.error) for r in messages(engine)}
+    assert by[("low", "ann")] == ("cancelled", "preempted by high")
+    assert by[("high", "ann")] == ("planned", None)
+    # the other order: the high-priority message holds the slot, the low one is skipped
+    assert by[("high", "bob")] == ("planned", None)
+    later = plan_occurrence(
+        engine, config, campaign(name="low2", priority=10), NOW + timedelta(hours=1), now=NOW
+    )
+    assert later.counts["frequency_cap"] == 2 and later.inserted == 0
+    # a campaign exempt from the cap still goes out, and does not use a slot
+    exempt = plan_occurrence(
+        engine, config, campaign(name="receipt", exempt_from_frequency_cap=True), NOW, now=NOW
+    )
+    assert exempt.counts["send"] == 2
+
+
+def test_holdout_share_and_stability_on_10000(engine: Engine, tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    with engine.begin() as conn:
+        conn.execute(
+            insert(Customer),
+            [
+                {
+                    "id": f"c{n:05d}",
+                    "email": f"c{n}@example.com",
+                    "email_opt_in": True,
+                    "sms_opt_in": False,
+                    "attributes": {},
+                    "created_at": NOW - timedelta(days=100),
+                }
+                for n in range(10_000)
+            ],
+        )
+    c = campaign(holdout="10%", channels=["email"])
+    report = dry_run(engine, config, c, NOW)
+    share = report.counts["held_out"] / report.counts["matched"]
+    assert report.counts["matched"] == 10_000
+    assert abs(share - 0.10) <= 0.02
+    result = plan_occurrence(engine, config, c, NOW, now=NOW)
+    assert result.counts["held_out"] == report.counts["held_out"]
+    with engine.connect() as conn:
+        held = set(conn.scalars(select(Message.customer_id).where(Message.status == "held_out")))
+    assert len(held) == report.counts["held_out"]
+    # stable: a later occurrence holds out exactly the same customers
+    c2 = campaign(holdout="10%", channels=["email"], reentry="1d")
+    plan_occurrence(engine, config, c2, NOW + timedelta(days=2), now=NOW + timedelta(days=2))
+    with engine.connect() as conn:
+        held2 = set(
+            conn.scalars(
+                select(Message.customer_id).where(
+                    Message.status == "held_out", Message.send_after > NOW + timedelta(days=1)
+                )
+            )
+        )
+    assert held2 == held
+
+
+def test_windows_tokyo_and_new_york_across_dst(engine: Engine, tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    tokyo, ny = ZoneInfo("Asia/Tokyo"), ZoneInfo("America/New_York")
+    add_customer(engine, "tokyo", timezone="Asia/Tokyo")
+    add_customer(engine, "newyork", timezone="America/New_York")
+    c = campaign(channels=["email"], send_window=None)  # email default window 08:00-21:00
+    # 23:00 Saturday in New York, the night the clocks go back (EDT -> EST)
+    at = datetime(2026, 10, 31, 23, 0, tzinfo=ny).astimezone(UTC)
+    plan_occurrence(engine, config, c, at, now=at)
+    sends = {r.customer_id: r.send_after for r in messages(engine)}
+    assert sends["newyork"] == datetime(2026, 11, 1, 8, 0, tzinfo=ny)  # 08:00 EST
+    assert sends["newyork"] == datetime(2026, 11, 1, 13, 0, tzinfo=UTC)
+    # that instant is 12:00 on Sunday in Tokyo: inside the window, sent now
+    assert sends["tokyo"] == at
+    assert at.astimezone(tokyo).hour == 12
+
+
+def test_sms_defaults_to_narrower_window(engine: Engine, tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    add_customer(
+        engine,
+        "sam",
+        email=None,
+        phone="+12025550123",
+        sms_opt_in=True,
+        timezone="America/New_York",
+    )
+    ny = ZoneInfo("America/New_York")
+    at = datetime(2026, 6, 15, 8, 30, tzinfo=ny).astimezone(UTC)  # email window open, SMS not
+    plan_occurrence(engine, config, campaign(send_window=None), at, now=at)
+    (row,) = messages(engine)
+    assert row.channel == "sms" and row.send_after == datetime(2026, 6, 15, 9, 0, tzinfo=ny)
+
+
+def test_dry_run_reasons_and_writes_nothing(engine: Engine, tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    add_customer(engine, "ok")
+    add_customer(engine, "noaddr", email=None)
+    add_customer(engine, "noconsent", email_opt_in=False)
+    add_customer(engine, "sup")
+    suppressions.add(engine, [("email", "sup@example.com", None, "bounce", "test")])
+    report = dry_run(engine, config, campaign(channels=["email"]), NOW, limit=2)
+    assert report.counts == {
+        "matched": 4,
+        "send": 1,
+        "send_email": 1,
+        "skip": 3,
+        "no_address": 1,
+        "no_consent": 1,
+        "suppressed": 1,
+    }
+    assert len(report.decisions) == 2
+    data = report.to_json()
+    assert data["campaign"] == "winback-30d" and data["as_of"] == "2026-06-15T15:00:00Z"
+    assert set(data["decisions"][0]) == {"customer_id", "decision", "reason", "channel", "send_at"}
+    with engine.connect() as conn:
+        assert conn.scalar(select(func.count()).select_from(Message)) == 0
+        assert conn.scalar(select(func.count()).select_from(CampaignRun)) == 0
+
+
+def test_reentry_after_activity(engine: Engine, tmp_path: Path) -> None:
+    config: Config = make_config(tmp_path)
+    add_customer(engine, "ann")
+    c = campaign()
+    plan_occurrence(engine, config, c, NOW - timedelta(days=40), now=NOW - timedelta(days=40))
+    # no new activity since: skipped for reentry
+    r = plan_occurrence(engine, config, c, NOW, now=NOW)
+    assert r.counts["reentry"] == 1
+    # new activity, then quiet again for 30 days: eligible again
+    add_interaction(engine, "ann", NOW - timedelta(days=35), kind="visit")
+    r = plan_occurrence(engine, config, c, NOW + timedelta(days=1), now=NOW + timedelta(days=1))
+    assert r.counts["send"] == 1
