@@ -1,0 +1,1 @@
+"""Reproducible scale benchmarks (SPEC §11); ``python -m benchmarks.<name>``."""
