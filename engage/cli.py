@@ -159,10 +159,33 @@ def import_cmd(
         out.print(result.summary(), markup=False)
 
 
+@app.command("validate")
+def validate_cmd(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the problems as JSON.")] = False,
+) -> None:
+    """Check config, campaigns and templates; print every problem as FILE:LINE:COL.
+
+    Exit status 1 when there is any error; warnings alone exit 0.
+    """
+    from .validate import validate_path
+
+    report = validate_path(ctx_of(ctx).config_path)
+    if as_json:
+        print_json(report.to_json())
+    else:
+        for problem in report.problems:
+            out.print(str(problem), markup=False)
+        out.print(report.summary(), markup=False)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: exit 0 ok, 1 user error, 2 usage error."""
     try:
-        app(args=argv, prog_name="engage", standalone_mode=False)
+        # Without standalone mode, click returns a command's typer.Exit code.
+        code = app(args=argv, prog_name="engage", standalone_mode=False)
     except typer.Abort:
         err.print("aborted")
         sys.exit(1)
@@ -181,4 +204,4 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)
-    sys.exit(0)
+    sys.exit(code if isinstance(code, int) else 0)
