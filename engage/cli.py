@@ -17,9 +17,9 @@ import typer
 from rich.console import Console
 from sqlalchemy import Engine
 
-from .config import Config, default_config_path, load_config
+from .config import Config, load_config
 from .errors import EngageError
-from .timeutil import parse_instant, utcnow
+from .timeutil import isoformat_z, parse_instant, utcnow
 
 app = typer.Typer(
     help="engage: reach the right customer at the right moment, with campaigns as code.",
@@ -179,6 +179,397 @@ def validate_cmd(
         out.print(report.summary(), markup=False)
     if not report.ok:
         raise typer.Exit(1)
+
+
+def _campaign(c: Ctx, name: str) -> Any:
+    from .operations import load_campaign
+
+    return load_campaign(c.config, name)
+
+
+def _ts(value: datetime | None, zone: Any = None) -> str:
+    if value is None:
+        return "-"
+    return (value.astimezone(zone) if zone else value).strftime("%Y-%m-%d %H:%M %Z")
+
+
+AtOption = Annotated[
+    str | None,
+    typer.Option(
+        "--at",
+        help="Behave as if it were this moment: ISO date or datetime "
+        "(a bare date is local midnight in the config time zone).",
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+@app.command("dry-run")
+def dry_run_cmd(
+    ctx: typer.Context,
+    campaign: Annotated[str, typer.Argument(help="Campaign name.")],
+    at: AtOption = None,
+    as_json: JsonOption = False,
+    limit: Annotated[
+        int | None,
+        typer.Option("--limit", min=0, help="List at most N decisions (counts cover all)."),
+    ] = 50,
+    no_render: Annotated[
+        bool, typer.Option("--no-render", help="Skip rendering each would-be message.")
+    ] = False,
+) -> None:
+    """Who would get what and why not, with counts per reason. Writes nothing."""
+    from .operations import dry_run_campaign
+
+    c = ctx_of(ctx)
+    report = dry_run_campaign(
+        c.engine, c.config, _campaign(c, campaign), c.at(at), limit=limit, render=not no_render
+    )
+    if as_json:
+        print_json(report.to_json())
+        return
+    from rich.table import Table
+
+    table = Table("customer", "decision", "reason", "channel", "send at (UTC)")
+    for e in report.decisions:
+        d = e.decision
+        table.add_row(d.customer_id, d.action, d.reason or "", d.channel or "", _ts(d.send_at))
+    if report.decisions:
+        out.print(table)
+    counts = ", ".join(f"{k}: {v:,}" for k, v in sorted(report.counts.items()))
+    out.print(f"{report.campaign} as of {_ts(report.as_of)}: {counts or 'nobody matched'}")
+
+
+@app.command("send")
+def send_cmd(
+    ctx: typer.Context,
+    campaign: Annotated[str, typer.Argument(help="Campaign name.")],
+    at: AtOption = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Plan one occurrence now and deliver what is due through the configured channels."""
+    from .operations import send_occurrence
+
+    c = ctx_of(ctx)
+    camp = _campaign(c, campaign)
+    when = c.at(at)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise EngageError("refusing to send without confirmation: pass --yes")
+        typer.confirm(
+            f"Send {camp.name} as of {_ts(when)} via email={c.config.channels.email}, "
+            f"sms={c.config.channels.sms}?",
+            abort=True,
+        )
+    report = send_occurrence(c.engine, c.config, camp, when)
+    plan = report.plan
+    if plan.already_planned:
+        out.print(f"{camp.name} at {_ts(plan.scheduled_at)} was already planned: nothing new")
+    counts = ", ".join(f"{k}: {v:,}" for k, v in sorted(plan.counts.items()))
+    out.print(f"planned {plan.inserted:,} new messages ({counts or 'nobody matched'})")
+    outcomes = ", ".join(f"{k}: {v:,}" for k, v in sorted(report.dispatch.outcomes.items()))
+    out.print(f"dispatched {report.dispatch.claimed:,} ({outcomes or 'none due'})")
+    if report.waiting:
+        out.print(f"{report.waiting:,} wait for their send window (the daemon sends them)")
+
+
+@app.command("preview")
+def preview_cmd(
+    ctx: typer.Context,
+    campaign: Annotated[str, typer.Argument(help="Campaign name.")],
+    customer: Annotated[str, typer.Option("--customer", help="Customer id.")],
+    channel: Annotated[
+        str | None, typer.Option("--channel", help="email or sms (default: the one chosen).")
+    ] = None,
+    at: AtOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Render the exact message a customer would get, and say whether they would get it."""
+    from dataclasses import asdict
+
+    from .operations import preview_message
+
+    c = ctx_of(ctx)
+    p = preview_message(
+        c.engine, c.config, _campaign(c, campaign), customer, c.at(at), channel=channel
+    )
+    if as_json:
+        data = asdict(p)
+        data["send_at"] = isoformat_z(p.send_at) if p.send_at else None
+        print_json(data)
+        return
+    verdict = "would be sent" if p.decision == "send" else f"would be skipped: {p.reason}"
+    out.print(f"# {p.campaign} -> {p.customer_id} via {p.channel} ({verdict})", markup=False)
+    if p.email is not None:
+        out.print(f"To: {p.address or '-'}", markup=False)
+        out.print(f"Subject: {p.email.subject}", markup=False)
+        for name, value in p.email.headers.items():
+            out.print(f"{name}: {value}", markup=False)
+        out.print("\n--- text/plain ---\n" + p.email.text, markup=False)
+        out.print("--- text/html ---\n" + p.email.html, markup=False)
+    if p.sms is not None:
+        out.print(f"To: {p.address or '-'}", markup=False)
+        out.print(f"({p.sms.segments} segment(s), {p.sms.encoding})\n" + p.sms.body, markup=False)
+
+
+@app.command("calendar")
+def calendar_cmd(
+    ctx: typer.Context,
+    days: Annotated[int, typer.Option("--days", min=1, max=366, help="How far ahead.")] = 14,
+    at: AtOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Upcoming occurrences of every enabled campaign with estimated audience sizes."""
+    from .calendar import upcoming
+    from .campaigns.loader import load_campaigns
+
+    c = ctx_of(ctx)
+    entries = upcoming(c.engine, c.config, load_campaigns(c.config), c.at(at), days)
+    if as_json:
+        print_json([e.to_json() for e in entries])
+        return
+    from rich.table import Table
+
+    table = Table("when (campaign time)", "UTC", "campaign", "est. audience")
+    for e in entries:
+        table.add_row(_ts(e.local), _ts(e.at), e.campaign, f"{e.estimated_audience:,}")
+    out.print(table if entries else f"no occurrences in the next {days} days")
+
+
+@app.command("customer")
+def customer_cmd(
+    ctx: typer.Context,
+    customer_id: Annotated[str, typer.Argument(help="Customer id.")],
+    at: AtOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """One customer's timeline: activity, points, messages sent and planned."""
+    from .timeline import customer_timeline
+
+    c = ctx_of(ctx)
+    t = customer_timeline(c.engine, c.config, customer_id, c.at(at))
+    if as_json:
+        print_json(t.to_json())
+        return
+    r = t.recipient
+    name = " ".join(x for x in (r.first_name, r.last_name) if x) or "-"
+    out.print(f"{r.customer_id}  {name}  tier={r.tier or '-'}  tz={r.timezone}", markup=False)
+    out.print(
+        f"email={r.email or '-'} (opt-in {r.email_opt_in})  "
+        f"phone={r.phone or '-'} (opt-in {r.sms_opt_in})",
+        markup=False,
+    )
+    out.print(
+        f"last activity {_ts(r.last_activity)} ({t.days_quiet} days quiet), "
+        f"{r.orders} orders, lifetime value {r.lifetime_value}",
+        markup=False,
+    )
+    pts = r.points
+    out.print(
+        f"points: balance {pts.balance:,}, expiring within 30 days {pts.expiring:,}, "
+        f"next expiry {_ts(pts.next_expiry)}",
+        markup=False,
+    )
+    for s in t.suppressions:
+        out.print(f"suppressed on {s['channel']}: {s['reason']} since {_ts(s['created_at'])}")
+    from rich.table import Table
+
+    if t.interactions:
+        table = Table("when", "kind", "amount", title="recent activity")
+        for i in t.interactions:
+            table.add_row(_ts(i["occurred_at"]), i["kind"], str(i["amount"] or ""))
+        out.print(table)
+    if t.messages:
+        table = Table("id", "campaign", "channel", "status", "send after", "sent", title="messages")
+        for m in t.messages:
+            table.add_row(
+                str(m["id"]),
+                m["campaign"],
+                m["channel"],
+                m["status"],
+                _ts(m["send_after"]),
+                _ts(m["sent_at"]),
+            )
+        out.print(table)
+
+
+outbox_app = typer.Typer(help="Inspect and re-queue outbox messages.", invoke_without_command=True)
+app.add_typer(outbox_app, name="outbox")
+
+
+@outbox_app.callback()
+def outbox_cmd(
+    ctx: typer.Context,
+    status: Annotated[str | None, typer.Option("--status", help="Only this status.")] = None,
+    campaign: Annotated[str | None, typer.Option("--campaign", help="Only this campaign.")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="At most N rows.")] = 50,
+    as_json: JsonOption = False,
+) -> None:
+    """List outbox messages (newest first) with counts per status."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from .outbox import counts_by_status, list_messages
+
+    c = ctx_of(ctx)
+    rows = list_messages(c.engine, status=status, campaign=campaign, limit=limit)
+    counts = counts_by_status(c.engine, campaign=campaign)
+    if as_json:
+        print_json({"counts": counts, "messages": [r.to_json() for r in rows]})
+        return
+    from rich.table import Table
+
+    table = Table("id", "campaign", "customer", "channel", "status", "send after", "tries", "error")
+    for r in rows:
+        table.add_row(
+            str(r.id),
+            r.campaign,
+            r.customer_id,
+            r.channel,
+            r.status,
+            _ts(r.send_after),
+            str(r.attempts),
+            (r.error or "")[:60],
+        )
+    out.print(table)
+    out.print(", ".join(f"{k}: {v:,}" for k, v in sorted(counts.items())) or "the outbox is empty")
+
+
+@outbox_app.command("requeue")
+def outbox_requeue_cmd(
+    ctx: typer.Context,
+    ids: Annotated[list[int], typer.Argument(help="Message ids (unknown, failed, cancelled...).")],
+) -> None:
+    """Re-queue messages explicitly: the only way an `unknown` message is ever sent again."""
+    from .dispatch import requeue
+
+    c = ctx_of(ctx)
+    result = requeue(c.engine, ids, utcnow())
+    for mid, what in result.items():
+        out.print(f"{mid}: {what}")
+    if any(v != "requeued" for v in result.values()):
+        raise typer.Exit(1)
+
+
+suppress_app = typer.Typer(help="Manage the suppression list.", no_args_is_help=True)
+app.add_typer(suppress_app, name="suppress")
+
+
+@suppress_app.command("add")
+def suppress_add_cmd(
+    ctx: typer.Context,
+    channel: Annotated[str, typer.Argument(help="email or sms.")],
+    address: Annotated[str, typer.Argument(help="Email address or E.164 phone number.")],
+    reason: Annotated[str, typer.Option("--reason", help="Why (default: manual).")] = "manual",
+    customer: Annotated[str | None, typer.Option("--customer", help="Customer id.")] = None,
+) -> None:
+    """Never message this address on this channel."""
+    from . import suppressions
+
+    c = ctx_of(ctx)
+    new = suppressions.add(c.engine, [(channel, address, customer, reason, "cli")])
+    out.print("suppressed" if new else "already suppressed")
+
+
+@suppress_app.command("remove")
+def suppress_remove_cmd(
+    ctx: typer.Context,
+    channel: Annotated[str, typer.Argument(help="email or sms.")],
+    address: Annotated[str, typer.Argument(help="Email address or E.164 phone number.")],
+) -> None:
+    """Lift a suppression."""
+    from . import suppressions
+
+    if not suppressions.remove(ctx_of(ctx).engine, channel, address):
+        raise EngageError(f"{channel} {address} is not suppressed")
+    out.print("removed")
+
+
+@suppress_app.command("list")
+def suppress_list_cmd(
+    ctx: typer.Context,
+    channel: Annotated[str | None, typer.Option("--channel", help="email or sms.")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="At most N rows.")] = 100,
+    as_json: JsonOption = False,
+) -> None:
+    """List suppressions, newest first."""
+    from dataclasses import asdict
+
+    from . import suppressions
+
+    rows = suppressions.list_entries(ctx_of(ctx).engine, channel=channel, limit=limit)
+    if as_json:
+        print_json([{**asdict(r), "created_at": isoformat_z(r.created_at)} for r in rows])
+        return
+    from rich.table import Table
+
+    table = Table("channel", "address", "customer", "reason", "source", "since")
+    for r in rows:
+        table.add_row(
+            r.channel, r.address, r.customer_id or "", r.reason, r.source or "", _ts(r.created_at)
+        )
+    out.print(table)
+
+
+@app.command("init")
+def init_cmd(
+    directory: Annotated[Path, typer.Argument(help="Project folder.")] = Path("."),
+    force: Annotated[bool, typer.Option("--force", help="Overwrite existing files.")] = False,
+) -> None:
+    """Scaffold config.yaml, campaigns/ and templates/ with working examples."""
+    from .scaffold import init_project
+
+    for path in init_project(directory, force=force):
+        out.print(f"created {path}")
+    out.print(f"next: cd {directory} && engage db upgrade && engage validate")
+
+
+@app.command("demo")
+def demo_cmd(
+    directory: Annotated[Path, typer.Argument(help="Demo folder (created).")] = Path("engage-demo"),
+    customers: Annotated[int, typer.Option("--customers", min=1, help="Sample size.")] = 500,
+) -> None:
+    """Create a sample shop, run every example campaign once through the file channel,
+    and show what was sent and the calendar."""
+    from .scaffold import run_demo
+
+    demo = run_demo(
+        directory.resolve(), utcnow(), customers=customers, progress=lambda m: err.print(m)
+    )
+    d = demo.data
+    out.print(
+        f"sample shop: {d.customers:,} customers, {d.interactions:,} interactions, "
+        f"{d.lots:,} point lots in {directory / 'engage.db'}"
+    )
+    from rich.table import Table
+
+    table = Table(
+        "campaign", "occurrence (UTC)", "matched", "planned", "held out", "skipped", "sent"
+    )
+    for c in demo.campaigns:
+        k = c.plan.counts
+        table.add_row(
+            c.plan.campaign,
+            _ts(c.plan.scheduled_at),
+            str(k.get("matched", 0)),
+            str(k.get("send", 0)),
+            str(k.get("held_out", 0)),
+            str(k.get("skip", 0) - k.get("held_out", 0)),
+            str(c.sent),
+        )
+    out.print(table)
+    out.print(
+        f"{len(demo.files)} files written to {demo.config.resolve(demo.config.channels.file.dir)}"
+    )
+    for f in demo.files[:5]:
+        out.print(f"  {f.name}")
+    cal = Table("when (campaign time)", "campaign", "est. audience", title="the next 7 days")
+    for e in demo.calendar:
+        cal.add_row(_ts(e.local), e.campaign, f"{e.estimated_audience:,}")
+    out.print(cal)
+    out.print(
+        f"explore: engage --config {directory / 'config.yaml'} "
+        "calendar | outbox | customer c0000001"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
