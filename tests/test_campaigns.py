@@ -359,6 +359,14 @@ def test_missing_keys_are_required(project: Project) -> None:
     ]
 
 
+def test_an_empty_audience_must_be_explicit(project: Project) -> None:
+    project.write("winback.yaml", replace(GOOD, "audience:\n  quiet_for: 30d\n", "audience:\n"))
+    assert project.problems() == [
+        "campaigns/winback.yaml:5:10: audience: empty: list conditions, "
+        "or write audience: {} to target everyone"
+    ]
+
+
 def test_a_bad_file_name_explains_where_the_name_came_from(project: Project) -> None:
     project.write("Win Back.yaml", replace(GOOD, "name: winback\n", ""))
     assert project.problems() == [

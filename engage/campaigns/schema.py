@@ -233,6 +233,13 @@ class Campaign(_Strict):
     transactional: StrictBool = False
     path: SkipJsonSchema[Path] = Field(default_factory=Path, exclude=True)
 
+    @field_validator("audience", mode="before")
+    @classmethod
+    def _explicit_everyone(cls, audience: Any) -> Any:
+        if audience is None:  # "audience:" with nothing under it
+            raise ValueError("empty: list conditions, or write audience: {} to target everyone")
+        return audience
+
     @field_validator("name")
     @classmethod
     def _name(cls, name: str) -> str:
