@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import hmac
 import struct
 from dataclasses import dataclass
@@ -82,7 +81,7 @@ def _keys_cached(raw: bytes) -> _Keys:
     if keys is None:
 
         def derive(label: bytes) -> bytes:
-            return hmac.new(raw, b"engage/unsubscribe/v1/" + label, hashlib.sha256).digest()
+            return hmac.digest(raw, b"engage/unsubscribe/v1/" + label, "sha256")
 
         keys = _Keys(derive(b"nonce"), derive(b"enc"), derive(b"mac"))
         if len(_KEY_CACHE) < 16:
@@ -94,7 +93,7 @@ def _keystream(key: bytes, nonce: bytes, length: int) -> bytes:
     out = bytearray()
     counter = 0
     while len(out) < length:
-        out += hmac.new(key, nonce + struct.pack(">I", counter), hashlib.sha256).digest()
+        out += hmac.digest(key, nonce + struct.pack(">I", counter), "sha256")
         counter += 1
     return bytes(out[:length])
 
@@ -116,9 +115,9 @@ def make_token(secret: str | bytes, customer_id: str, channel: str, campaign: st
         raise EngageError(f"unknown channel {channel!r} for an unsubscribe token")
     keys = _keys(secret)
     plain = _encode_plain(customer_id, channel, campaign)
-    nonce = hmac.new(keys.nonce, plain, hashlib.sha256).digest()[:_NONCE]
+    nonce = hmac.digest(keys.nonce, plain, "sha256")[:_NONCE]
     body = bytes([VERSION]) + nonce + _xor(plain, _keystream(keys.enc, nonce, len(plain)))
-    tag = hmac.new(keys.mac, body, hashlib.sha256).digest()[:_TAG]
+    tag = hmac.digest(keys.mac, body, "sha256")[:_TAG]
     return base64.urlsafe_b64encode(body + tag).rstrip(b"=").decode("ascii")
 
 
@@ -137,7 +136,7 @@ def read_token(secret: str | bytes, token: str) -> UnsubscribeClaim:
     if len(raw) < 1 + _NONCE + 3 + _TAG or raw[0] != VERSION:
         raise InvalidToken("invalid unsubscribe token")
     body, tag = raw[:-_TAG], raw[-_TAG:]
-    expected = hmac.new(keys.mac, body, hashlib.sha256).digest()[:_TAG]
+    expected = hmac.digest(keys.mac, body, "sha256")[:_TAG]
     if not hmac.compare_digest(tag, expected):
         raise InvalidToken("invalid unsubscribe token")
     nonce, cipher = body[1 : 1 + _NONCE], body[1 + _NONCE :]

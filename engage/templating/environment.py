@@ -11,21 +11,25 @@ not, on purpose: escaping there would put ``&amp;`` into a subject line.
 from __future__ import annotations
 
 import traceback
-from datetime import date, datetime
+from dataclasses import fields
+from datetime import date, datetime, tzinfo
 from decimal import Decimal, InvalidOperation
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from babel import Locale
 from babel.dates import format_date, format_datetime
 from babel.numbers import format_currency, format_decimal
 from jinja2 import FileSystemLoader, StrictUndefined, TemplateNotFound, pass_context
 from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from ..config import Shop
 from ..errors import EngageError, Problem
 from ..timeutil import ensure_utc
-from .context import RENDER_INFO_KEY, RenderInfo
+from .context import RENDER_INFO_KEY, CampaignInfo, CustomerView, PointsView, RenderInfo
 
 
 class TemplateRenderError(EngageError):
@@ -100,17 +104,39 @@ def _local(value: Any, info: RenderInfo, what: str) -> datetime | date:
     raise ValueError(f"{what} expects a date or datetime, got {type(value).__name__}")
 
 
+# Babel formatting costs more than the rest of a render; results depend only on
+# their arguments and repeat across customers (same dates, same prices), so cache.
+@lru_cache(maxsize=8192)
+def _money(value: Decimal, currency: str, locale: Locale) -> str:
+    return format_currency(value, currency, locale=locale)
+
+
+@lru_cache(maxsize=8192)
+def _number(value: Decimal, locale: Locale) -> str:
+    return format_decimal(value, locale=locale)
+
+
+@lru_cache(maxsize=8192)
+def _date(day: date, format: str, locale: Locale) -> str:
+    return format_date(day, format=format, locale=locale)
+
+
+@lru_cache(maxsize=8192)
+def _datetime(local: datetime, format: str, zone: tzinfo, locale: Locale) -> str:
+    return format_datetime(local, format=format, tzinfo=zone, locale=locale)
+
+
 @pass_context
 def money_filter(ctx: Context, value: Any, currency: str | None = None) -> str:
     """``{{ 12.5|money }}`` -> ``$12.50`` / ``12,50 $`` in the customer's locale."""
     info = _info(ctx)
-    return format_currency(_as_decimal(value), currency or info.currency, locale=info.locale)
+    return _money(_as_decimal(value), currency or info.currency, info.locale)
 
 
 @pass_context
 def number_filter(ctx: Context, value: Any) -> str:
     """``{{ 1250|number }}`` -> ``1,250`` / ``1.250`` in the customer's locale."""
-    return format_decimal(_as_decimal(value), locale=_info(ctx).locale)
+    return _number(_as_decimal(value), _info(ctx).locale)
 
 
 @pass_context
@@ -119,7 +145,7 @@ def date_filter(ctx: Context, value: Any, format: str = "medium") -> str:
     info = _info(ctx)
     local = _local(value, info, "date")
     day = local.date() if isinstance(local, datetime) else local
-    return format_date(day, format=format, locale=info.locale)
+    return _date(day, str(format), info.locale)
 
 
 @pass_context
@@ -128,7 +154,7 @@ def datetime_filter(ctx: Context, value: Any, format: str = "medium") -> str:
     local = _local(value, info, "datetime")
     if not isinstance(local, datetime):
         local = datetime(local.year, local.month, local.day, tzinfo=info.zone)
-    return format_datetime(local, format=format, tzinfo=info.zone, locale=info.locale)
+    return _datetime(local, str(format), info.zone, info.locale)
 
 
 @pass_context
@@ -151,10 +177,16 @@ def utm_filter(ctx: Context, url: Any, **overrides: Any) -> str:
     params = {**(info.utm or {}), **{k: str(v) for k, v in overrides.items()}}
     if not params:
         return str(url)
-    parts = urlsplit(str(url))
+    return _with_utm(str(url), tuple(params.items()))
+
+
+@lru_cache(maxsize=4096)
+def _with_utm(url: str, params: tuple[tuple[str, str], ...]) -> str:
+    # Same link and campaign for every customer of a run: parse it once.
+    parts = urlsplit(url)
     query = parse_qsl(parts.query, keep_blank_values=True)
     present = {k for k, _ in query}
-    for key, val in params.items():
+    for key, val in params:
         name = key if key.startswith("utm_") else f"utm_{key}"
         if name not in present and val:
             query.append((name, val))
@@ -167,8 +199,27 @@ def _finalize(value: Any) -> Any:
     return "" if value is None else value
 
 
+# Declared data fields of the frozen objects we put in the context. Reading
+# them is safe by construction, and checking them here skips the sandbox's
+# generic checks (ABC isinstance tests), the largest cost of a render.
+_DATA_FIELDS: dict[type, frozenset[str]] = {
+    CustomerView: frozenset(f.name for f in fields(CustomerView)),
+    PointsView: frozenset(f.name for f in fields(PointsView)),
+    CampaignInfo: frozenset(f.name for f in fields(CampaignInfo)),
+    Shop: frozenset(Shop.model_fields),
+}
+
+
+class EngageSandbox(ImmutableSandboxedEnvironment):
+    def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
+        allowed = _DATA_FIELDS.get(type(obj))
+        if allowed is not None and attr in allowed:
+            return True
+        return bool(super().is_safe_attribute(obj, attr, value))
+
+
 def make_environment(root: Path) -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(
+    env = EngageSandbox(
         loader=ConfinedLoader(root),
         autoescape=autoescape_for,
         undefined=StrictUndefined,
