@@ -527,7 +527,8 @@ def test_check_reports_render_errors_with_location(tmp_path: Path) -> None:
     files["bad/sms.j2"] = "ok\n{% for x in %}"
     files["evil/sms.j2"] = "{{ ''.__class__ }}"
     r = renderer(tmp_path, files)
-    found = errors(r.check(now=NOW))
+    found = errors(r.check([{"name": "c", "template": "bad", "channels": ["sms"]}], now=NOW))
+    assert len(found) == 3, found  # one line per problem, not one per campaign as well
     assert "templates/t/email.html.j2:2: undefined: 'custmer' is undefined" in found
     assert any(e.startswith("templates/bad/sms.j2:2: syntax error") for e in found)
     assert any(e.startswith("templates/evil/sms.j2:1: not allowed in templates") for e in found)

@@ -124,11 +124,14 @@ def check_snapshot(
 
     # Compile everything (layouts and unused files too): syntax errors, and a
     # snapshot that holds every template compiled.
+    broken: set[str] = set()  # reported once here, not again per campaign below
     for name in sorted(snap.files):
         try:
             snap.env.get_template(name)
         except Exception as exc:
-            problems.append(render_error(exc, renderer.root, shown, name).problem())
+            err = render_error(exc, renderer.root, shown, name)
+            broken.add(err.template or "")
+            problems.append(err.problem())
 
     folders = snap.folders()
     for folder, chans in folders.items():
@@ -162,6 +165,8 @@ def check_snapshot(
                 else:
                     sms = renderer._sms(snap, t.folder, t.info, sample, now, secret)
             except TemplateRenderError as exc:
+                if exc.template in broken:
+                    continue
                 problems.append(
                     Problem(
                         exc.template or f"{shown}/{t.folder}",
