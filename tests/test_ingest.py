@@ -449,18 +449,22 @@ def test_gzip_and_import_rows_for_the_api(engine: Engine, tmp_path: Path):
     items = [
         (0, {"customer_id": "g1", "kind": "email_click", "occurred_at": "2026-02-01T00:00:00Z"}),
         (1, {"customer_id": "g1", "kind": "order", "occurred_at": 20260201}),
+        (2, ["not", "an", "object"]),
     ]
     result = import_rows(
         engine,
         CONFIG,
         "interactions",
-        items,
+        items,  # an API may hand over anything, not only objects
         source="request",
         now=NOW,
         on_reject=lambda row, problem: seen.append(f"{row.line} {problem}"),
     )
-    assert (result.inserted, result.rejected) == (1, 1)
-    assert seen == ["1 request:1: occurred_at: expected an ISO-8601 date/time string, got 20260201"]
+    assert (result.inserted, result.rejected) == (1, 2)
+    assert seen == [
+        "1 request:1: occurred_at: expected an ISO-8601 date/time string, got 20260201",
+        "2 request:2: json: expected a JSON object, got list",
+    ]
 
 
 def cli(tmp_path: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:

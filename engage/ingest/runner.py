@@ -262,7 +262,14 @@ def import_rows(
     importer = _Importer(
         engine, config, kind, source=source, now=now, on_reject=on_reject, batch_size=batch_size
     )
-    return importer.run(SourceRow(line, dict(data), dict(data)) for line, data in rows)
+    return importer.run(_source_row(line, data) for line, data in rows)
+
+
+def _source_row(line: int, data: Any) -> SourceRow:
+    if isinstance(data, Mapping):
+        return SourceRow(line, dict(data), dict(data))
+    why = RowInvalid("json", f"expected a JSON object, got {type(data).__name__}")
+    return SourceRow(line, {}, data, why)
 
 
 def import_file(
