@@ -421,6 +421,9 @@ def test_csv_without_required_columns_is_refused_before_writing(engine: Engine, 
     assert not rejects.exists()
     with pytest.raises(EngageError, match="no such file"):
         run(engine, "customers", str(tmp_path / "missing.csv"))
+    with pytest.raises(EngageError, match="must not be the input file"):
+        run(engine, "interactions", path, rejects=path)
+    assert Path(path).read_text().startswith("customer,kind,when\n")
     with pytest.raises(EngageError, match="unknown import kind 'sheep'"):
         run(engine, "sheep", path)
     with pytest.raises(EngageError, match="cannot tell the format"):

@@ -17,6 +17,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from os import PathLike
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine
@@ -291,6 +292,8 @@ def import_file(
     """
     _check_kind(kind)
     fmt = infer_format(path, fmt)
+    if rejects is not None and path != "-" and Path(rejects).resolve() == Path(path).resolve():
+        raise EngageError(f"{path}: the rejects file must not be the input file")
     with open_input(path) as inp, ExitStack() as stack:
         source = open_source(inp, fmt, kind)
         sink = None
