@@ -15,6 +15,7 @@ from typing import Any
 from .campaigns.loader import LoadResult, collect_campaigns, display_path
 from .config import Config, default_config_path, load_config
 from .errors import ConfigError, Problem, ValidationFailed
+from .templating.renderer import Renderer
 
 
 @dataclass
@@ -67,7 +68,9 @@ def _folder_problems(config: Config) -> list[Problem]:
 def _check(config: Config) -> tuple[list[Problem], LoadResult]:
     campaigns = collect_campaigns(config)  # reports a missing campaigns folder itself
     problems = [*_folder_problems(config), *campaigns.problems]
-    # Template rendering checks (SPEC §4) join here.
+    if config.templates_path.is_dir():
+        # Renders every template against a sample customer (SPEC §4).
+        problems.extend(Renderer(config).check(campaigns.campaigns))
     return problems, campaigns
 
 
