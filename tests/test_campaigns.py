@@ -51,9 +51,12 @@ class Project:
     def __init__(self, root: Path):
         self.root = root
         (root / "campaigns").mkdir()
-        for name in TEMPLATES:
-            (root / "templates" / name).mkdir(parents=True)
-        (root / "config.yaml").write_text("timezone: Europe/Paris\n")
+        # the real example templates: `validate` renders them too
+        shutil.copytree(ROOT / "templates", root / "templates")
+        (root / "config.yaml").write_text(
+            "timezone: Europe/Paris\npublic_url: https://engage.test\n"
+            "shop: {name: Test, postal_address: '1 Main St, Town'}\n"
+        )
 
     @property
     def config(self) -> Config:
@@ -531,6 +534,7 @@ def test_validate_path_reports_a_bad_config_file(project: Project) -> None:
 
 def engage(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ENGAGE_")}
+    env["ENGAGE_SECRET_KEY"] = "test-secret-key-0123456789abcdef"
     return subprocess.run(
         [sys.executable, "-m", "engage", *args],
         cwd=cwd,
