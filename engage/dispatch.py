@@ -125,12 +125,16 @@ def claim(
     lease: timedelta,
     *,
     campaign: str | None = None,
+    wall_now: datetime | None = None,
 ) -> list[Claimed]:
     """Atomically move up to ``limit`` due messages to ``sending`` under a lease.
 
     PostgreSQL: ``FOR UPDATE SKIP LOCKED`` lets any number of workers claim
-    disjoint rows. SQLite: the UPDATE is one write transaction.
+    disjoint rows. SQLite: the UPDATE is one write transaction. ``now`` decides
+    what is due (it may be an ``--at`` moment); the lease runs on the wall
+    clock (``wall_now``, default ``now``), because lease expiry does.
     """
+    wall_now = wall_now or now
     due = and_(
         M.c.status.in_(DUE_STATES),
         M.c.send_after <= now,
@@ -147,9 +151,9 @@ def claim(
         .values(
             status="sending",
             lease_owner=owner,
-            lease_expires_at=now + lease,
+            lease_expires_at=wall_now + lease,
             attempts=M.c.attempts + 1,
-            updated_at=now,
+            updated_at=wall_now,
         )
         .returning(M.c.id, M.c.campaign, M.c.customer_id, M.c.channel, M.c.template, M.c.attempts)
     )
@@ -262,7 +266,15 @@ class Dispatcher:
 
     def dispatch_batch(self, now: datetime, *, campaign: str | None = None) -> DispatchStats:
         cfg = self.config.dispatch
-        claimed = claim(self.engine, self.owner, now, cfg.batch_size, cfg.lease, campaign=campaign)
+        claimed = claim(
+            self.engine,
+            self.owner,
+            now,
+            cfg.batch_size,
+            cfg.lease,
+            campaign=campaign,
+            wall_now=utcnow(),
+        )
         stats = DispatchStats(claimed=len(claimed))
         if not claimed:
             return stats
