@@ -10,7 +10,7 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 
 from engage.db import make_engine, upgrade
 from engage.db.models import Message
@@ -26,6 +26,13 @@ def test_kill_during_provider_call_never_resends(tmp_path: Path, db_url: str) ->
     run(["init", "proj"], tmp_path)
     proj = tmp_path / "proj"
     engine = make_engine(db_url)
+    try:
+        _scenario(engine, proj, db_url)
+    finally:
+        engine.dispose()
+
+
+def _scenario(engine: Engine, proj: Path, db_url: str) -> None:
     upgrade(engine)
     at = parse_instant(AT)
     add_customer(engine, "ann", created_at=at - timedelta(days=400))
@@ -70,4 +77,3 @@ def test_kill_during_provider_call_never_resends(tmp_path: Path, db_url: str) ->
             row = conn.execute(select(Message).where(Message.id == row.id)).one()
         assert row.status == "unknown" and "lease expired" in row.error
         assert len(fake.requests) == 1
-    engine.dispose()
