@@ -39,7 +39,11 @@ from .common import (
     timed,
 )
 
-PLAN_AUDIENCE: dict[str, Any] = {"quiet_for": "30d", "active_within": "730d"}
+PLAN_AUDIENCE: dict[str, Any] = {
+    "quiet_for": "30d",
+    "active_within": "730d",
+    "tiers": ["silver", "gold", "platinum"],
+}
 PLANNED_AT_SCALE_1 = 100_000
 
 

@@ -22,7 +22,7 @@ from sqlalchemy import Connection, Engine, and_, case, func, or_, select, update
 from . import suppressions
 from .campaigns.audience import stream_audience
 from .config import Config
-from .db.bulk import insert_ignore
+from .db.bulk import in_values, insert_ignore
 from .db.models import CampaignRun, Message
 from .policy import (
     CAP_STATES,
@@ -74,7 +74,7 @@ def _load_history(
             select(M.c.customer_id, func.max(when))
             .where(
                 M.c.campaign == rules.name,
-                M.c.customer_id.in_(ids),
+                in_values(M.c.customer_id, ids),
                 M.c.status.in_(REENTRY_STATES),
                 M.c.planned_at <= as_of,
                 not_this_run,
@@ -94,7 +94,7 @@ def _load_history(
                 ),
             )
             .where(
-                M.c.customer_id.in_(ids),
+                in_values(M.c.customer_id, ids),
                 M.c.counts_toward_cap.is_(True),
                 M.c.status.in_(CAP_STATES),
                 when > as_of - cap.per,
@@ -251,23 +251,34 @@ def _get_or_create_run(
     ).one()
 
 
-def _preempt(conn: Connection, customer_id: str, rules: CampaignRules, now: datetime) -> None:
-    """Cancel the lowest-priority planned message holding a cap slot for the customer."""
-    victim = conn.execute(
-        select(M.c.id)
+def _preempt(
+    conn: Connection, customer_ids: Sequence[str], rules: CampaignRules, now: datetime
+) -> None:
+    """For each customer, cancel the lowest-priority planned message holding a cap slot.
+
+    Two statements per batch whatever its size: the candidates of every
+    customer in one select (the first per customer in the order below is the
+    victim), then one update of the victims.
+    """
+    if not customer_ids:
+        return
+    rows = conn.execute(
+        select(M.c.customer_id, M.c.id)
         .where(
-            M.c.customer_id == customer_id,
+            in_values(M.c.customer_id, customer_ids),
             M.c.status == "planned",
             M.c.priority < rules.priority,
             M.c.counts_toward_cap.is_(True),
         )
-        .order_by(M.c.priority, M.c.send_after.desc())
-        .limit(1)
-    ).scalar()
-    if victim is not None:
+        .order_by(M.c.customer_id, M.c.priority, M.c.send_after.desc(), M.c.id)
+    )
+    victims: dict[str, int] = {}
+    for cid, mid in rows:
+        victims.setdefault(cid, mid)
+    if victims:
         conn.execute(
             update(M)
-            .where(M.c.id == victim, M.c.status == "planned")
+            .where(in_values(M.c.id, list(victims.values())), M.c.status == "planned")
             .values(status="cancelled", error=f"preempted by {rules.name}", updated_at=now)
         )
 
@@ -321,8 +332,7 @@ def plan_occurrence(
             if d.preempts:
                 preempting.append(d.customer_id)
         with engine.begin() as conn:
-            for cid in preempting:
-                _preempt(conn, cid, rules, now)
+            _preempt(conn, preempting, rules, now)
             inserted += insert_ignore(conn, M, rows, ["dedupe_key"])
     with engine.begin() as conn:
         conn.execute(

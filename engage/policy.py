@@ -13,6 +13,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
+from functools import lru_cache
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
@@ -32,6 +33,10 @@ HELD_OUT = "held_out"
 FREQUENCY_CAP = "frequency_cap"
 RENDER_ERROR = "render_error"
 REASONS = (NO_ADDRESS, INVALID_ADDRESS, NO_CONSENT, SUPPRESSED, REENTRY, HELD_OUT, FREQUENCY_CAP)
+
+# ZoneInfo's own cache keeps only 8 zones strongly; a shop's customers span dozens,
+# so without this every decision re-read a tzdata file (a third of planning time).
+_zone = lru_cache(maxsize=1024)(get_zone)
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _E164 = re.compile(r"^\+[1-9]\d{6,14}$")
@@ -264,7 +269,7 @@ def decide(
     if not reentry_allows(rules.reentry, history.last_sent, recipient.last_activity, as_of):
         return Decision(cid, "skip", REENTRY, channel, address)
     window = effective_window(channel, rules.send_window, config)
-    send_at = next_send_time(as_of, get_zone(recipient.timezone), window)
+    send_at = next_send_time(as_of, _zone(recipient.timezone), window)
     if is_held_out(rules.name, cid, rules.holdout):
         return Decision(cid, "skip", HELD_OUT, channel, address, send_at)
     preempts = False

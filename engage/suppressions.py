@@ -13,7 +13,7 @@ from datetime import datetime
 
 from sqlalchemy import Connection, Engine, and_, delete, or_, select
 
-from .db.bulk import insert_ignore
+from .db.bulk import in_values, insert_ignore
 from .db.models import SUPPRESSION_REASONS, Suppression
 from .errors import EngageError
 from .policy import Suppressions, normalize_address
@@ -43,9 +43,9 @@ def load_for(conn: Connection, recipients: Sequence[Recipient]) -> Suppressions:
     phones = [r.phone for r in recipients if r.phone]
     q = select(S.c.channel, S.c.address, S.c.customer_id).where(
         or_(
-            S.c.customer_id.in_(ids),
-            and_(S.c.channel == "email", S.c.address.in_(emails)),
-            and_(S.c.channel == "sms", S.c.address.in_(phones)),
+            in_values(S.c.customer_id, ids),
+            and_(S.c.channel == "email", in_values(S.c.address, emails)),
+            and_(S.c.channel == "sms", in_values(S.c.address, phones)),
         )
     )
     return Suppressions.of(conn.execute(q).tuples())

@@ -1,8 +1,9 @@
 """Audience conditions -> one set-based SQL select, evaluated as of an instant.
 
-Every condition of SPEC §3 becomes a WHERE clause over the customer table and
-two grouped subqueries (interaction facts, points facts). Nothing is filtered
-in Python: the database returns exactly the matching customers, streamed.
+Every condition of SPEC §3 becomes a WHERE clause over the customer table:
+EXISTS probes and correlated counts over the interaction indexes, and a
+semi-join from the points lots. Nothing is filtered in Python: the database
+returns exactly the matching customers, streamed.
 """
 
 from __future__ import annotations
@@ -11,39 +12,26 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Engine, and_, false, func, literal, or_, select
+from sqlalchemy import ColumnElement, Engine, and_, exists, false, func, literal, or_, select
 from sqlalchemy.sql import Select
 
 from ..config import Config
-from ..db.models import Customer, Money
+from ..db.models import Customer, Interaction, Money, PointsLot
 from ..recipients import (
     DEFAULT_EXPIRING_WINDOW,
     Recipient,
     _at,
-    interaction_facts,
-    points_facts,
+    engagement_filter,
+    lifetime_value_of,
+    order_count_of,
+    orders_where,
     recipients_query,
     row_to_recipient,
 )
 
-_INTERACTION_CONDITIONS = (
-    "quiet_for",
-    "active_within",
-    "min_orders",
-    "max_orders",
-    "min_lifetime_value",
-    "last_order_within",
-)
-_POINTS_CONDITIONS = ("points_expiring_within", "min_points_balance")
-
-
 def expiring_window(audience: Any) -> timedelta:
     """The window that ``points.expiring`` refers to for this audience."""
     return getattr(audience, "points_expiring_within", None) or DEFAULT_EXPIRING_WINDOW
-
-
-def _needs(audience: Any, names: tuple[str, ...]) -> bool:
-    return any(getattr(audience, n, None) is not None for n in names)
 
 
 def _where_attributes(where: dict[str, Any]) -> list[ColumnElement[bool]]:
@@ -66,42 +54,85 @@ def _where_attributes(where: dict[str, Any]) -> list[ColumnElement[bool]]:
     return clauses
 
 
-def conditions(
-    audience: Any,
-    config: Config,
-    as_of: datetime,
-    ifacts: Any | None,
-    pfacts: Any | None,
-) -> list[ColumnElement[bool]]:
-    """WHERE clauses for an audience, given the (optional) joined fact subqueries."""
+def _engaged(config: Config, as_of: datetime, after: Any = None, upto: Any = None) -> Any:
+    """EXISTS an engagement of the customer in (after, upto] (upto defaults to as_of)."""
+    c, i = Customer.__table__, Interaction.__table__
+    q = select(literal(1)).select_from(i).where(
+        i.c.customer_id == c.c.id,
+        i.c.occurred_at <= (upto if upto is not None else _at(as_of)),
+        engagement_filter(config),
+    )
+    if after is not None:
+        q = q.where(i.c.occurred_at > after)
+    return exists(q)
+
+
+def _lots_with(as_of: datetime, minimum: int, horizon: datetime | None) -> ColumnElement[bool]:
+    """The customer has at least ``minimum`` live points (expiring by ``horizon``).
+
+    A semi-join from the lots side: the expiring lots are a small range of the
+    (expires_at) index, so the database finds the few customers from there.
+    """
+    c, p = Customer.__table__, PointsLot.__table__
+    q = select(p.c.customer_id).where(
+        p.c.earned_at <= _at(as_of), p.c.expires_at > _at(as_of), p.c.remaining > 0
+    )
+    if horizon is not None:
+        q = q.where(p.c.expires_at <= _at(horizon))
+    q = q.group_by(p.c.customer_id).having(func.sum(p.c.remaining) >= minimum)
+    return c.c.id.in_(q)
+
+
+def conditions(audience: Any, config: Config, as_of: datetime) -> list[ColumnElement[bool]]:
+    """WHERE clauses over ``customer`` for an audience, as of ``as_of``.
+
+    "Last activity" is the latest engagement, or ``created_at`` when there is
+    none (SPEC §2). Each condition on it is rewritten exactly into EXISTS
+    probes of the (customer_id, occurred_at) index, which stop at the first
+    matching row instead of aggregating every interaction of every customer:
+    ``last <= t``  ==  no engagement in (t, as_of] and (created_at <= t or an
+    engagement <= t); ``last >= t``  ==  an engagement in [t, as_of] or (none
+    at all and created_at >= t).
+    """
     c = Customer.__table__.c
     out: list[ColumnElement[bool]] = [c.created_at <= _at(as_of)]
 
     def ago(d: timedelta) -> Any:
         return _at(as_of - d)
 
-    if ifacts is not None:
-        last = func.coalesce(ifacts.c.last_engagement, c.created_at)
-        orders = func.coalesce(ifacts.c.orders, 0)
-        if audience.quiet_for is not None:
-            out.append(last <= ago(audience.quiet_for))
-        if audience.active_within is not None:
-            out.append(last >= ago(audience.active_within))
-        if audience.min_orders is not None:
-            out.append(orders >= audience.min_orders)
-        if audience.max_orders is not None:
-            out.append(orders <= audience.max_orders)
-        if audience.min_lifetime_value is not None:
-            ltv = func.coalesce(ifacts.c.lifetime_value, 0)
-            out.append(ltv >= literal(audience.min_lifetime_value, Money()))
-        if audience.last_order_within is not None:
-            out.append(ifacts.c.last_order >= ago(audience.last_order_within))
-    if pfacts is not None:
-        if audience.points_expiring_within is not None:
-            minimum = getattr(audience, "min_expiring_points", None) or 1
-            out.append(func.coalesce(pfacts.c.expiring, 0) >= minimum)
-        if audience.min_points_balance is not None:
-            out.append(func.coalesce(pfacts.c.balance, 0) >= audience.min_points_balance)
+    if audience.quiet_for is not None:
+        t = ago(audience.quiet_for)
+        out.append(~_engaged(config, as_of, after=t))
+        out.append(or_(c.created_at <= t, _engaged(config, as_of, upto=t)))
+    if audience.active_within is not None:
+        t = ago(audience.active_within)
+        out.append(
+            or_(
+                _engaged_since(config, as_of, t),
+                and_(c.created_at >= t, ~_engaged(config, as_of)),
+            )
+        )
+    if audience.min_orders is not None and audience.min_orders > 0:
+        if audience.min_orders == 1:
+            out.append(exists(select(literal(1)).where(orders_where(as_of))))
+        else:
+            out.append(order_count_of(as_of) >= audience.min_orders)
+    if audience.max_orders is not None:
+        if audience.max_orders == 0:
+            out.append(~exists(select(literal(1)).where(orders_where(as_of))))
+        else:
+            out.append(order_count_of(as_of) <= audience.max_orders)
+    if audience.min_lifetime_value is not None:
+        ltv = func.coalesce(lifetime_value_of(as_of), 0)
+        out.append(ltv >= literal(audience.min_lifetime_value, Money()))
+    if audience.last_order_within is not None:
+        since = as_of - audience.last_order_within
+        out.append(exists(select(literal(1)).where(orders_where(as_of, since))))
+    if audience.points_expiring_within is not None:
+        minimum = getattr(audience, "min_expiring_points", None) or 1
+        out.append(_lots_with(as_of, minimum, as_of + audience.points_expiring_within))
+    if audience.min_points_balance is not None and audience.min_points_balance > 0:
+        out.append(_lots_with(as_of, audience.min_points_balance, None))
     if audience.signed_up_within is not None:
         out.append(c.created_at >= ago(audience.signed_up_within))
     if audience.tiers is not None:
@@ -111,24 +142,31 @@ def conditions(
     return out
 
 
+def _engaged_since(config: Config, as_of: datetime, since: Any) -> Any:
+    """EXISTS an engagement of the customer in [since, as_of]."""
+    c, i = Customer.__table__, Interaction.__table__
+    return exists(
+        select(literal(1))
+        .select_from(i)
+        .where(
+            i.c.customer_id == c.c.id,
+            i.c.occurred_at >= since,
+            i.c.occurred_at <= _at(as_of),
+            engagement_filter(config),
+        )
+    )
+
+
 def audience_ids(audience: Any, config: Config, as_of: datetime) -> Select[Any]:
-    """``SELECT customer.id`` of everyone matching, joining only the facts needed."""
+    """``SELECT customer.id`` of everyone matching."""
     c = Customer.__table__
-    q = select(c.c.id).select_from(c)
-    ifacts = pfacts = None
-    if _needs(audience, _INTERACTION_CONDITIONS):
-        ifacts = interaction_facts(config, as_of)
-        q = q.outerjoin(ifacts, ifacts.c.customer_id == c.c.id)
-    if _needs(audience, _POINTS_CONDITIONS):
-        pfacts = points_facts(as_of, expiring_window(audience))
-        q = q.outerjoin(pfacts, pfacts.c.customer_id == c.c.id)
-    return q.where(and_(*conditions(audience, config, as_of, ifacts, pfacts)))
+    return select(c.c.id).where(and_(*conditions(audience, config, as_of)))
 
 
 def audience_recipients_query(audience: Any, config: Config, as_of: datetime) -> Select[Any]:
     """The matching customers with every Recipient fact, ordered by id."""
-    q, ifacts, pfacts = recipients_query(config, as_of, expiring_within=expiring_window(audience))
-    return q.where(and_(*conditions(audience, config, as_of, ifacts, pfacts))).order_by(
+    q = recipients_query(config, as_of, expiring_within=expiring_window(audience))
+    return q.where(and_(*conditions(audience, config, as_of))).order_by(
         Customer.__table__.c.id
     )
 

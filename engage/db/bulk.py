@@ -6,6 +6,9 @@ batch size. (A multi-VALUES INSERT with thousands of placeholders spends most
 of its time in the driver's query parsing, and psycopg's executemany
 rowcounts are not exact.) SQLite: ``INSERT .. ON CONFLICT DO NOTHING
 RETURNING`` with executemany, which the stdlib driver runs fast.
+
+``in_values`` is the read-side twin: membership in a Python list as one
+array parameter on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -16,8 +19,20 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, Table, text
+from sqlalchemy import (
+    Boolean,
+    ColumnElement,
+    Connection,
+    Table,
+    any_,
+    bindparam,
+    column,
+    func,
+    select,
+    text,
+)
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.compiler import compiles
 
 
 def insert_ignore(
@@ -65,3 +80,53 @@ def _pg_insert_ignore(
     )
     payload = json.dumps(list(rows), default=_json_default)
     return len(conn.execute(sql, {"rows": payload}).all())
+
+
+class _InValues(ColumnElement[bool]):
+    """``column IN (values)``, compiled per dialect (see ``in_values``)."""
+
+    inherit_cache = False  # the values are part of the element: never cache it
+    type = Boolean()
+
+    def __init__(self, column: ColumnElement[Any], values: Sequence[Any]) -> None:
+        self.column = column
+        self.values = list(values)
+
+    @property
+    def _from_objects(self) -> list[Any]:  # type: ignore[override]
+        return self.column._from_objects
+
+    def self_group(self, against: Any = None) -> Any:
+        # Already a predicate: without this, SQLite (no native booleans) would get
+        # "(x IN ...) = 1", which hides the IN from the query planner.
+        return self
+
+
+@compiles(_InValues)
+def _in_values_default(element: _InValues, compiler: Any, **kw: Any) -> str:
+    return str(compiler.process(element.column.in_(element.values), **kw))
+
+
+@compiles(_InValues, "sqlite")
+def _in_values_sqlite(element: _InValues, compiler: Any, **kw: Any) -> str:
+    param = bindparam(None, json.dumps(element.values, default=_json_default))
+    values = select(column("value")).select_from(func.json_each(param))
+    return str(compiler.process(element.column.in_(values.scalar_subquery()), **kw))
+
+
+@compiles(_InValues, "postgresql")
+def _in_values_pg(element: _InValues, compiler: Any, **kw: Any) -> str:
+    param = bindparam(None, element.values, type_=postgresql.ARRAY(element.column.type))
+    return str(compiler.process(element.column == any_(param), **kw))
+
+
+def in_values(column: ColumnElement[Any], values: Sequence[Any]) -> ColumnElement[bool]:
+    """Membership in a list of Python values, cheap on every backend.
+
+    PostgreSQL gets ``column = ANY(:array)``: one parameter whatever the list
+    length. An ``IN (...)`` list of thousands of placeholders costs more in
+    psycopg's query conversion than the query itself. SQLite gets
+    ``IN (SELECT value FROM json_each(:json))``: also one parameter, where an
+    ``IN`` list makes SQLAlchemy expand and process a placeholder per value.
+    """
+    return _InValues(column, values)
