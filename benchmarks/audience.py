@@ -11,6 +11,7 @@ expire in the window). The two sets are compared: a mismatch fails the row.
 from __future__ import annotations
 
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 from sqlalchemy import bindparam, column, func, select, text
@@ -98,13 +99,13 @@ def run(ctx: Context, runs: int = 3) -> list[Result]:
     for name, spec in AUDIENCES.items():
         audience = Audience.model_validate(spec)
         hand = _hand(name, ctx)
-        hand_count_s, hand_n = best_of(runs, lambda: _count(ctx, hand.columns(column("id"))))
-        eng_count_s, eng_n = best_of(
-            runs, lambda: count_audience(ctx.engine, audience, ctx.config, ctx.now)
-        )
         query = audience_ids(audience, ctx.config, ctx.now)
-        hand_ids_s, hand_ids = best_of(runs, lambda: _stream_ids(ctx, hand))
-        eng_ids_s, eng_ids = best_of(runs, lambda: _stream_ids(ctx, query))
+        hand_count_s, hand_n = best_of(runs, partial(_count, ctx, hand.columns(column("id"))))
+        eng_count_s, eng_n = best_of(
+            runs, partial(count_audience, ctx.engine, audience, ctx.config, ctx.now)
+        )
+        hand_ids_s, hand_ids = best_of(runs, partial(_stream_ids, ctx, hand))
+        eng_ids_s, eng_ids = best_of(runs, partial(_stream_ids, ctx, query))
         same = set(hand_ids) == set(eng_ids) and hand_n == eng_n == len(eng_ids)
         for what, seconds, ref in (
             ("count", eng_count_s, hand_count_s),
@@ -114,9 +115,9 @@ def run(ctx: Context, runs: int = 3) -> list[Result]:
             results.append(
                 Result(
                     name=f"audience {name} ({what})",
-                    figure=round(seconds, 3),
+                    figure=round(seconds, 6),
                     unit="s",
-                    reference=round(ref, 3),
+                    reference=round(ref, 6),
                     reference_label="hand-written SQL, s",
                     target="ratio <= 2",
                     passed=same and ratio is not None and ratio <= 2.0,

@@ -142,9 +142,9 @@ def run_planning(ctx: Context) -> list[Result]:
     return [
         Result(
             name=f"planning {written:,} messages, all rules",
-            figure=round(seconds, 2),
+            figure=round(seconds, 4),
             unit="s",
-            reference=round(ref_s, 2),
+            reference=round(ref_s, 4),
             reference_label="audience id select alone, s",
             target=f"< {target_s:.2f} s (10 s per 100k)",
             passed=seconds < target_s,

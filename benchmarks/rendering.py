@@ -1,8 +1,9 @@
 """Dry-run rendering rate: ``Renderer.render_email`` vs bare Jinja2.
 
 Recipients are real rows of the data set: customers with points expiring
-within 14 days (the points template needs an expiry date). Each render is one complete email: subject, HTML and text (derived
-from the HTML when the template has no ``email.txt.j2``), for the example
+within 14 days (the points template needs an expiry date). Each render is
+one complete email: subject, HTML and text (derived from the HTML when the
+template has no ``email.txt.j2``), for the example
 templates in turn. The reference renders the same template files with a
 plain ``jinja2.Environment`` (same filters and options, no sandbox) from
 contexts built beforehand, and does not derive text: it is the floor.
@@ -27,12 +28,13 @@ from .common import SECRET, Context, Result, best_of, load_avg
 
 TEMPLATES = ("winback", "points-expiring", "vip-thanks")
 TARGET_PER_SECOND = 5000
+EXPIRING = {"points_expiring_within": "14d"}
 
 
 def _recipients(ctx: Context, n: int) -> list[Recipient]:
     out: list[Recipient] = []
     for batch in stream_audience(
-        ctx.engine, Audience.model_validate({"points_expiring_within": "14d"}), ctx.config, ctx.now, limit=n
+        ctx.engine, Audience.model_validate(EXPIRING), ctx.config, ctx.now, limit=n
     ):
         out.extend(batch)
     return out
@@ -55,8 +57,11 @@ def _bare_env(ctx: Context) -> Environment:
 
 def run(ctx: Context, renders: int = 3000, runs: int = 3) -> list[Result]:
     recipients = _recipients(ctx, min(renders, 1000))
-    infos = [CampaignInfo(name=f"bench-{t}", template=t, utm={"source": "engage"}) for t in TEMPLATES]
-    jobs = list(itertools.islice(itertools.cycle(itertools.product(recipients, infos)), renders))
+    infos = [
+        CampaignInfo(name=f"bench-{t}", template=t, utm={"source": "engage"}) for t in TEMPLATES
+    ]
+    pairs = itertools.cycle(itertools.product(recipients, infos))
+    jobs = list(itertools.islice(pairs, renders))
     renderer = Renderer(ctx.config, secret_key=SECRET)
 
     def engage_render() -> int:

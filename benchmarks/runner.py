@@ -35,7 +35,9 @@ GROUPS: dict[str, Callable[[Context], list[Result]]] = {
 def _fmt(value: float | None, unit: str = "") -> str:
     if value is None:
         return "-"
-    text = f"{value:,.3f}" if abs(value) < 10 else f"{value:,.0f}" if abs(value) >= 1000 else f"{value:,.1f}"
+    if abs(value) >= 1000:
+        return f"{value:,.0f} {unit}".strip()
+    text = f"{value:,.3f}" if abs(value) < 10 else f"{value:,.1f}"
     return f"{text} {unit}".strip()
 
 
@@ -61,7 +63,8 @@ def table(results: list[Result]) -> str:
 
 
 def run(db: str, *, scale: float | None, only: list[str] | None, json_path: str | None,
-        now: str | None, out: Any = sys.stdout) -> int:
+        now: str | None, out: Any = None) -> int:
+    out = out or sys.stdout
     engine = make_engine(db)
     customers = count_customers(engine) if _has_tables(engine) else 0
     if customers == 0:  # an empty database: make the data set at --scale first

@@ -29,6 +29,7 @@ from ..recipients import (
     row_to_recipient,
 )
 
+
 def expiring_window(audience: Any) -> timedelta:
     """The window that ``points.expiring`` refers to for this audience."""
     return getattr(audience, "points_expiring_within", None) or DEFAULT_EXPIRING_WINDOW

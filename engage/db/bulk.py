@@ -109,14 +109,14 @@ def _in_values_default(element: _InValues, compiler: Any, **kw: Any) -> str:
 
 @compiles(_InValues, "sqlite")
 def _in_values_sqlite(element: _InValues, compiler: Any, **kw: Any) -> str:
-    param = bindparam(None, json.dumps(element.values, default=_json_default))
-    values = select(column("value")).select_from(func.json_each(param))
+    param: Any = bindparam(None, json.dumps(element.values, default=_json_default))
+    values: Any = select(column("value")).select_from(func.json_each(param))
     return str(compiler.process(element.column.in_(values.scalar_subquery()), **kw))
 
 
 @compiles(_InValues, "postgresql")
 def _in_values_pg(element: _InValues, compiler: Any, **kw: Any) -> str:
-    param = bindparam(None, element.values, type_=postgresql.ARRAY(element.column.type))
+    param: Any = bindparam(None, element.values, type_=postgresql.ARRAY(element.column.type))
     return str(compiler.process(element.column == any_(param), **kw))
 
 
