@@ -16,7 +16,7 @@ import threading
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, select
+from sqlalchemy import and_, select
 
 from engage.channels import build_channels
 from engage.db.bulk import insert_ignore
@@ -65,7 +65,7 @@ def _plan(ctx: Context, channel: str, n: int) -> int:
             for r in conn.execute(
                 select(c.c.id, c.c.email if channel == "email" else c.c.phone)
                 .where(reachable, c.c.created_at <= ctx.now)
-                .order_by(func.random())
+                .order_by(c.c.id)
                 .limit(n)
             )
         ]
