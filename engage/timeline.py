@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, and_, or_, select
 
 from .config import Config
 from .db.models import Interaction, Message, PointsLot, Suppression
@@ -106,7 +106,13 @@ def customer_timeline(
             dict(row._mapping)
             for row in conn.execute(
                 select(s.c.channel, s.c.address, s.c.reason, s.c.created_at).where(
-                    s.c.customer_id == customer_id
+                    or_(
+                        s.c.customer_id == customer_id,
+                        and_(
+                            s.c.channel == "email", s.c.address == (recipient.email or "").lower()
+                        ),
+                        and_(s.c.channel == "sms", s.c.address == (recipient.phone or "")),
+                    )
                 )
             )
         ]
