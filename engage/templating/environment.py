@@ -217,6 +217,17 @@ class EngageSandbox(ImmutableSandboxedEnvironment):
             return True
         return bool(super().is_safe_attribute(obj, attr, value))
 
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        # Fast path for the declared data fields of our own context objects
+        # (``customer.name``, ``shop.url``): their values are plain data, never
+        # a bound ``str.format``, so the sandbox's per-access wrapping and
+        # safety checks have nothing to catch there. Everything else (methods,
+        # other objects, unknown names) takes the full sandbox path.
+        allowed = _DATA_FIELDS.get(type(obj))
+        if allowed is not None and attribute in allowed:
+            return getattr(obj, attribute)
+        return super().getattr(obj, attribute)
+
 
 def make_environment(root: Path) -> ImmutableSandboxedEnvironment:
     env = EngageSandbox(

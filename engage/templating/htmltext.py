@@ -20,14 +20,21 @@ from __future__ import annotations
 import re
 from html import unescape
 
+# One literal "<" prefix lets the engine skip to candidate positions, and the
+# element body is an unrolled "anything up to the matching end tag" loop
+# instead of a lazy ``.*?`` with a back-reference test at every character.
 _DROP = re.compile(
-    r"<(head|style|script|title|template|noscript)\b[^>]*>.*?</\1\s*>|<!--.*?-->|<![^>]*>|<\?[^>]*>",
+    r"<(?:(head|style|script|title|template|noscript)\b[^>]*>"
+    r"[^<]*(?:<(?!/\1\s*>)[^<]*)*</\1\s*>"
+    r"|!--.*?-->|![^>]*>|\?[^>]*>)",
     re.S | re.I,
 )
 # Whitespace before a tag is taken with the tag: fewer tokens in the hot loop.
+# Quantifiers are possessive: each alternative is decided by its first
+# character, so backtracking could never find another match, only waste time.
 _TOKEN = re.compile(
-    r"([ \t\n\r\f]*)<(/?)([a-zA-Z][a-zA-Z0-9:-]*)((?:[^>\"']|\"[^\"]*\"|'[^']*')*)>"  # tag
-    r"|[^<]+|<"  # text, or a stray "<"
+    r"([ \t\n\r\f]*+)<(/?)([a-zA-Z][a-zA-Z0-9:-]*+)((?:[^>\"']++|\"[^\"]*+\"|'[^']*+')*+)>"  # tag
+    r"|([^<]++)|<"  # text, or a stray "<"
 )
 _ATTR = re.compile(r"([^\s=/>\"']+)(?:\s*=\s*(?:\"([^\"]*)\"|'([^']*)'|([^\s>]+)))?")
 _HIDDEN = re.compile(r"display\s*:\s*none", re.I)
@@ -39,7 +46,7 @@ _LINE = frozenset({"div", "tr", "td", "th", "section", "article", "header", "foo
 # HTML whitespace is ASCII only: a &nbsp; (or Babel's narrow no-break space) stays.
 _SPACES = re.compile(r"[ \t\n\r\f]+")
 _BR = "\x00"  # a line-break marker; NUL cannot occur in the (cleaned) input
-_WS_TO_SPACE = str.maketrans("\t\n\r\f", "    ")
+_NO_ATTRS: dict[str, str] = {}
 
 
 def _attrs(raw: str) -> dict[str, str]:
@@ -62,21 +69,23 @@ def _link_text(label: str, href: str) -> str:
 def html_to_text(html: str) -> str:
     """Readable plain text for an HTML email body."""
     out: list[str] = []
+    append = out.append
     links: list[tuple[str, int, list[str]]] = []  # (href, start index in out, image alts)
     open_tags: list[str] = []
     hidden_at: int | None = None  # depth of the display:none element we are inside
-    for m in _TOKEN.finditer(_DROP.sub("", html.replace(_BR, ""))):
-        tag = m.group(3)
-        if tag is None:  # text (or a stray "<")
+    # findall's tuples are cheaper than match objects: (space, "/", tag, attributes, text).
+    for space, slash, tag, raw, text in _TOKEN.findall(_DROP.sub("", html.replace(_BR, ""))):
+        if not tag:  # text (or a stray "<")
             if hidden_at is None:
-                text = m.group(0)
-                out.append(unescape(text) if "&" in text else text)
+                if not text:
+                    append("<")
+                else:
+                    append(unescape(text) if "&" in text else text)
             continue
-        if m.group(1) and hidden_at is None:
-            out.append(" ")
+        if space and hidden_at is None:
+            append(" ")
         tag = tag.lower()
-        raw = m.group(4)
-        if m.group(2):  # end tag
+        if slash:  # end tag
             if tag in open_tags:
                 while open_tags and open_tags.pop() != tag:
                     pass
@@ -87,16 +96,16 @@ def html_to_text(html: str) -> str:
             if hidden_at is not None:
                 continue
             if tag in _PARAGRAPH:
-                out.append(_BR + _BR)
+                append(_BR + _BR)
             elif tag in _LINE:
-                out.append(_BR)
+                append(_BR)
             elif tag == "a" and links:
                 href, start, alts = links.pop()
                 label = _SPACES.sub(" ", "".join(out[start:]).replace(_BR, " ")).strip(" ")
                 del out[start:]
-                out.append(_link_text(label or " ".join(a for a in alts if a), href))
+                append(_link_text(label or " ".join(a for a in alts if a), href))
             continue
-        attrs = _attrs(raw) if tag in ("a", "img") or "display" in raw else {}
+        attrs = _attrs(raw) if tag in ("a", "img") or "display" in raw else _NO_ATTRS
         if tag not in _VOID and not raw.rstrip().endswith("/"):
             open_tags.append(tag)
             if hidden_at is None and _HIDDEN.search(attrs.get("style", "")):
@@ -104,24 +113,30 @@ def html_to_text(html: str) -> str:
                 hidden_at = len(open_tags)
         if hidden_at is not None:
             continue
-        if tag == "br":
-            out.append(_BR)
-        elif tag == "hr":
-            out.append(_BR + _BR)
-        elif tag == "li":
-            out.append(_BR + "- ")
-        elif tag in _PARAGRAPH:
-            out.append(_BR + _BR)
+        if tag in _PARAGRAPH:
+            append(_BR + _BR)
         elif tag in _LINE:
-            out.append(_BR)
+            append(_BR)
+        elif tag == "br":
+            append(_BR)
+        elif tag == "hr":
+            append(_BR + _BR)
+        elif tag == "li":
+            append(_BR + "- ")
         elif tag == "a":
             links.append((attrs.get("href", "").strip(), len(out), []))
         elif tag == "img" and links:
             links[-1][2].append(attrs.get("alt", "").strip())
     # Collapse all whitespace at once (source newlines are spaces in HTML), then
-    # turn the break markers into line breaks. str methods, not regexes: this
-    # is the hot path of every email render.
-    text = _squeeze("".join(out).translate(_WS_TO_SPACE), "  ", " ").replace(_BR, "\n")
+    # turn the break markers into line breaks. str.replace, not str.translate
+    # (which takes a slow per-character path once the text has a non-Latin-1
+    # character such as "–") and not regexes: this is the hot path of every
+    # email render.
+    text = "".join(out)
+    for ch in "\t\n\r\f":
+        if ch in text:
+            text = text.replace(ch, " ")
+    text = _squeeze(text, "  ", " ").replace(_BR, "\n")
     text = text.replace(" \n", "\n").replace("\n ", "\n")
     return _squeeze(text, "\n\n\n", "\n\n").strip()
 

@@ -161,11 +161,25 @@ class Renderer:
         return self._secret
 
     def _context(
-        self, info: CampaignInfo, recipient: Recipient, now: datetime, channel: str, secret: str
+        self,
+        snap: Snapshot,
+        info: CampaignInfo,
+        recipient: Recipient,
+        now: datetime,
+        channel: str,
+        secret: str,
     ) -> dict[str, Any]:
+        """The render context plus the environment's globals, built once per message.
+
+        The token (three HMACs) is made once and shared by every part of the
+        message; the merged dict is passed to each template as a *shared*
+        context (see ``_render``), so Jinja does not copy it per template.
+        """
         token = make_token(secret, recipient.customer_id, channel, info.name)
         url = unsubscribe_url(self.config.public_url, token)
-        return build_context(self.config, info, recipient, now, url)
+        ctx = dict(snap.env.globals)
+        ctx.update(build_context(self.config, info, recipient, now, url))
+        return ctx
 
     def _require(self, snap: Snapshot, template: str, channel: str) -> None:
         if not _FOLDER_NAME.fullmatch(template):
@@ -178,8 +192,16 @@ class Renderer:
                 )
 
     def _render(self, snap: Snapshot, name: str, ctx: dict[str, Any]) -> str:
+        env = snap.env
         try:
-            return snap.env.get_template(name).render(ctx)
+            tpl = env.get_template(name)
+            # What ``Template.render`` does, minus its two copies of the context
+            # per template: ``ctx`` already holds the globals and is never
+            # modified by rendering (assignments live in the Context's own vars).
+            try:
+                return env.concat(tpl.root_render_func(tpl.new_context(ctx, shared=True)))  # type: ignore[attr-defined]
+            except Exception:
+                env.handle_exception()  # re-raises with template file/line frames
         except Exception as exc:  # one customer's render error must not stop a batch
             raise render_error(exc, self.root, self.shown_root, name) from exc
 
@@ -222,7 +244,7 @@ class Renderer:
         message_ref: str | None = None,
     ) -> RenderedEmail:
         self._require(snap, template, "email")
-        ctx = self._context(info, recipient, now, "email", secret)
+        ctx = self._context(snap, info, recipient, now, "email", secret)
         # A subject is one header line: newlines from data would be header injection.
         subject = _WS.sub(" ", self._render(snap, f"{template}/{SUBJECT}", ctx)).strip()
         html = self._render(snap, f"{template}/{HTML}", ctx)
@@ -248,7 +270,7 @@ class Renderer:
         secret: str,
     ) -> RenderedSms:
         self._require(snap, template, "sms")
-        ctx = self._context(info, recipient, now, "sms", secret)
+        ctx = self._context(snap, info, recipient, now, "sms", secret)
         raw = self._render(snap, f"{template}/{SMS}", ctx)
         body = with_opt_out(raw, self.config.sms_opt_out_line)
         enc: Encoding = encoding_of(body)
