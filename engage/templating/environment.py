@@ -11,7 +11,7 @@ not, on purpose: escaping there would put ``&amp;`` into a subject line.
 from __future__ import annotations
 
 import traceback
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from datetime import date, datetime, tzinfo
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
@@ -21,7 +21,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from babel import Locale
 from babel.dates import format_date, format_datetime
-from babel.numbers import format_currency, format_decimal
+from babel.numbers import format_currency, format_decimal, get_group_symbol, parse_pattern
 from jinja2 import FileSystemLoader, StrictUndefined, TemplateNotFound, pass_context
 from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -133,10 +133,84 @@ def money_filter(ctx: Context, value: Any, currency: str | None = None) -> str:
     return _money(_as_decimal(value), currency or info.currency, info.locale)
 
 
+@dataclass(frozen=True)
+class _IntFormat:
+    """Babel's default decimal pattern of one locale, reduced to whole numbers >= 0."""
+
+    first: int  # digits in the rightmost group
+    rest: int  # digits in each further group (2 for en_IN: 12,34,567)
+    symbol: str
+    min_digits: int
+    prefix: str
+    suffix: str
+
+    def format(self, n: int) -> str:
+        digits = str(n).rjust(self.min_digits, "0")
+        size = self.first
+        groups: list[str] = []
+        while len(digits) > size:
+            groups.append(digits[-size:])
+            digits = digits[:-size]
+            size = self.rest
+        groups.append(digits)
+        return self.prefix + self.symbol.join(reversed(groups)) + self.suffix
+
+
+_INT_PROBES = (
+    *range(0, 12),
+    99, 100, 999, 1000, 1234, 9999, 10000, 12345, 99999, 100000, 123456, 999999,
+    1000000, 1234567, 12345678, 123456789, 1234567890, 10**15 + 7, 10**21 + 1,
+)  # fmt: skip
+
+
+@lru_cache(maxsize=256)
+def _int_format(locale: Locale) -> _IntFormat | None:
+    """A fast formatter for whole numbers in this locale, or None to always ask Babel.
+
+    Point balances differ per customer, so the ``_number`` cache mostly misses
+    and Babel's ``format_decimal`` (pattern, symbol and quantize lookups) was
+    a tenth of a render. Grouping whole numbers is all that pattern does to
+    them; the formatter is only used when it reproduces Babel on every probe.
+    """
+    try:
+        pattern = parse_pattern(locale.decimal_formats[None])
+        fmt = _IntFormat(
+            first=int(pattern.grouping[0]),
+            rest=int(pattern.grouping[1]),
+            symbol=get_group_symbol(locale),
+            min_digits=int(pattern.int_prec[0]),
+            prefix=str(pattern.prefix[0]),
+            suffix=str(pattern.suffix[0]),
+        )
+    except Exception:  # an unusual pattern: Babel handles it
+        return None
+    if fmt.first < 1 or fmt.rest < 1 or pattern.scale or pattern.exp_prec:
+        return None
+    for n in _INT_PROBES:
+        if fmt.format(n) != format_decimal(Decimal(n), locale=locale):
+            return None
+    return fmt
+
+
 @pass_context
 def number_filter(ctx: Context, value: Any) -> str:
     """``{{ 1250|number }}`` -> ``1,250`` / ``1.250`` in the customer's locale."""
-    return _number(_as_decimal(value), _info(ctx).locale)
+    locale = _info(ctx).locale
+    if type(value) is int and value >= 0:
+        fmt = _int_format(locale)
+        if fmt is not None:
+            return fmt.format(value)
+    number = _as_decimal(value)
+    if (
+        number.is_finite()
+        and not number.is_signed()
+        and number.adjusted() < 30
+        and number == number.to_integral_value()
+    ):
+        fmt = _int_format(locale)
+        if fmt is not None:
+            return fmt.format(int(number))
+    return _number(number, locale)
 
 
 @pass_context

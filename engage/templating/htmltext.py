@@ -18,6 +18,7 @@ with ``html.unescape``, exactly as ``html.parser`` would.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from html import unescape
 
 # One literal "<" prefix lets the engine skip to candidate positions, and the
@@ -49,7 +50,10 @@ _BR = "\x00"  # a line-break marker; NUL cannot occur in the (cleaned) input
 _NO_ATTRS: dict[str, str] = {}
 
 
+@lru_cache(maxsize=4096)
 def _attrs(raw: str) -> dict[str, str]:
+    # Cached: the same tags (layout links, hidden preheader) recur in every
+    # email. Callers only read the returned dict.
     out: dict[str, str] = {}
     for m in _ATTR.finditer(raw):
         value = m.group(2) if m.group(2) is not None else m.group(3) or m.group(4) or ""
@@ -106,9 +110,9 @@ def html_to_text(html: str) -> str:
                 append(_link_text(label or " ".join(a for a in alts if a), href))
             continue
         attrs = _attrs(raw) if tag in ("a", "img") or "display" in raw else _NO_ATTRS
-        if tag not in _VOID and not raw.rstrip().endswith("/"):
+        if tag not in _VOID and not (raw and raw.rstrip().endswith("/")):
             open_tags.append(tag)
-            if hidden_at is None and _HIDDEN.search(attrs.get("style", "")):
+            if hidden_at is None and "style" in attrs and _HIDDEN.search(attrs["style"]):
                 # A hidden preheader is for the inbox preview only, not for the text part.
                 hidden_at = len(open_tags)
         if hidden_at is not None:
