@@ -366,6 +366,69 @@ def test_html_to_text() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("html", "text"),
+    [
+        ('<p>a < b &amp; c</p><p title="x>y">after</p>', "a < b & c\n\nafter"),
+        ("<!-- note --><!DOCTYPE html><head><title>T</title>no end", "no end"),
+        (
+            '<div style="display: none"><div>nested</div><p>hidden</p></div>'
+            '<p>shown <a href="#top">top</a></p>',
+            "shown top",
+        ),
+        (
+            "<table><tr><td>A</td><td>B</td></tr></table>\t<hr><br/>Last&middot;line",
+            "A\n\nB\n\nLast·line",
+        ),
+        (
+            '<a href="https://x.example/p"><img src="i.png" alt="Pic"> </a>'
+            '<a href="javascript:alert(1)">js</a>',
+            "Pic (https://x.example/p)js",
+        ),
+        ("<STYLE>p{}</STYLE ><SCRIPT>x()</script>Text<p/>More", "Text\n\nMore"),
+        ("<p>Preis – 5&nbsp;€\n\tnur heute</p>", "Preis – 5\xa0€ nur heute"),
+    ],
+)
+def test_html_to_text_edge_cases(html: str, text: str) -> None:
+    # Stray "<", quoted ">" in attributes, unclosed elements, nested hidden
+    # blocks, upper-case tags, non-Latin-1 text with tabs and newlines.
+    assert html_to_text(html) == text
+
+
+@pytest.mark.parametrize("locale", ["en_US", "de_DE", "fr_FR", "en_IN", "de_CH", "ar_EG", "ja_JP"])
+def test_number_filter_matches_babel(tmp_path: Path, locale: str) -> None:
+    from babel.numbers import format_decimal
+
+    values = [0, 7, 999, 1000, 12345, 1234567, 10**12 + 3]
+    decimals = [Decimal("1250"), Decimal("1250.000"), Decimal("1.25E+3"), Decimal("-1250")]
+    fractions = [Decimal("1234.5"), Decimal("-3"), 1234.5678]
+    template = "|".join(
+        [f"{{{{ {v}|number }}}}" for v in values]
+        + ["{{ points.balance|number }}"]
+        + [f"{{{{ customer.attributes.d{i}|number }}}}" for i in range(len(decimals + fractions))]
+    )
+    attrs = {f"d{i}": v for i, v in enumerate(decimals + fractions)}
+    r = renderer(tmp_path, {"t/sms.j2": template}, sms_opt_out_line="")
+    body = r.render_sms("t", CAMPAIGN, person(locale=locale, attributes=attrs), NOW).body
+    expected = [format_decimal(Decimal(str(v)), locale=locale) for v in values]
+    expected.append(format_decimal(1250, locale=locale))
+    expected += [format_decimal(Decimal(str(v)), locale=locale) for v in decimals + fractions]
+    assert body.split("|") == expected
+
+
+def test_sandbox_still_guards_attributes_of_context_objects(tmp_path: Path) -> None:
+    # Declared data fields are read directly; anything else on the same objects
+    # still goes through the sandbox.
+    r = renderer(tmp_path, {"t/sms.j2": "{{ (shop.name ~ '{0.__class__}').format(shop) }}"})
+    with pytest.raises(TemplateRenderError):
+        r.render_sms("t", CAMPAIGN, person(), NOW)
+    r = renderer(tmp_path, {"t/sms.j2": "{{ customer.__class__ }}{{ shop.__dict__ }}"})
+    with pytest.raises(TemplateRenderError):
+        r.render_sms("t", CAMPAIGN, person(), NOW)
+    r = renderer(tmp_path, {"t/sms.j2": "{{ customer.name }} {{ shop.name }} {{ points.balance }}"})
+    assert r.render_sms("t", CAMPAIGN, person(), NOW).body.startswith("Alice Tea & Co 1250")
+
+
 def test_explicit_text_template_wins(tmp_path: Path) -> None:
     files = email_files("<p>HTML body</p>")
     files["t/email.txt.j2"] = "Plain for {{ customer.name }} & co\n"
