@@ -572,6 +572,90 @@ def demo_cmd(
     )
 
 
+@app.command("run")
+def run_cmd(
+    ctx: typer.Context,
+    once: Annotated[
+        bool, typer.Option("--once", help="Plan and send what is due now, then exit.")
+    ] = False,
+    log_format: Annotated[
+        str, typer.Option("--log-format", help="text or json (one object per line).")
+    ] = "text",
+    log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning.")] = "info",
+    show_pii: Annotated[
+        bool, typer.Option("--show-pii", help="Do not mask e-mail addresses and phones in logs.")
+    ] = False,
+) -> None:
+    """The daemon: campaign schedules, dispatch, lease expiry and hot reload until SIGTERM.
+
+    Logs go to stderr. On SQLite one daemon at a time; on PostgreSQL run as many as you like.
+    """
+    from .daemon import open_daemon
+    from .logs import setup_logging
+
+    if log_format not in ("text", "json"):
+        raise typer.BadParameter("must be text or json", param_hint="--log-format")
+    c = ctx_of(ctx)
+    setup_logging(log_format, level=log_level, mask=not show_pii, secrets=c.config.secrets.values())
+    daemon, lock = open_daemon(c.config, c.engine, c.config_path)
+    try:
+        if once:
+            out.print(daemon.run_once().summary(), markup=False)
+            return
+        code = daemon.run_forever()
+    finally:
+        if lock is not None:
+            lock.release()
+    raise typer.Exit(code)
+
+
+@app.command("status")
+def status_cmd(ctx: typer.Context, as_json: JsonOption = False) -> None:
+    """Last and next run of every campaign, outbox counts, missed occurrences, live workers."""
+    from .campaigns.loader import collect_campaigns
+    from .status import status
+
+    c = ctx_of(ctx)
+    loaded = collect_campaigns(c.config)
+    problems = [str(p) for p in loaded.errors]
+    st = status(c.engine, loaded.campaigns, utcnow(), problems=problems)
+    if as_json:
+        print_json(st.to_json())
+        return
+    from rich.table import Table
+
+    table = Table(
+        "campaign", "schedule", "last run (UTC)", "state", "sent/planned", "next run (UTC)"
+    )
+    for cs in st.campaigns:
+        k = cs.last_counts
+        table.add_row(
+            cs.name + ("" if cs.enabled else " (disabled)"),
+            cs.schedule,
+            _ts(cs.last_run),
+            cs.last_state or "-",
+            str(k.get("send", "-")) if cs.last_state else "-",
+            _ts(cs.next_run),
+        )
+    out.print(table)
+    counts = ", ".join(f"{k}: {v:,}" for k, v in sorted(st.outbox.items()))
+    out.print(f"outbox: {counts or 'empty'}", markup=False)
+    for name, at in st.missed:
+        out.print(f"missed: {name} at {_ts(at)}", markup=False)
+    if st.missed_total > len(st.missed):
+        out.print(f"... {st.missed_total - len(st.missed):,} more missed occurrences", markup=False)
+    for w in st.workers:
+        out.print(
+            f"worker {w.host} pid {w.pid}: up since {_ts(w.started_at)}, "
+            f"last heartbeat {_ts(w.heartbeat_at)}",
+            markup=False,
+        )
+    if not st.workers:
+        out.print("no live engage run worker", markup=False)
+    for problem in problems:
+        err.print(problem, markup=False)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: exit 0 ok, 1 user error, 2 usage error."""
     try:

@@ -154,6 +154,7 @@ class Dispatch(Strict):
     backoff_base: Duration = timedelta(seconds=30)
     backoff_max: Duration = timedelta(hours=1)
     poll_interval: Duration = timedelta(seconds=5)
+    shutdown_grace: Duration = timedelta(seconds=30)  # engage run: in-flight sends may finish
 
 
 class Config(Strict):

@@ -241,6 +241,24 @@ class Message(Base):
     updated_at: Mapped[datetime] = mapped_column(default=_now, onupdate=_now)
 
 
+class Worker(Base):
+    """A running ``engage run`` process; its heartbeat feeds ``engage status``.
+
+    One row per process (``id`` is the lease owner, ``host:pid``), refreshed
+    every minute and deleted on a clean exit. Rows of killed processes simply
+    stop being refreshed: a row older than a few minutes is not a live worker.
+    """
+
+    __tablename__ = "worker"
+
+    id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime]
+    heartbeat_at: Mapped[datetime]
+    stats: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
 class Suppression(Base):
     """An address that must not be messaged on a channel. Suppressions always win."""
 

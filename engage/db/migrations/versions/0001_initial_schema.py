@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-23 09:24:32.344569
+Create Date: 2026-11-23 10:13:03.659540
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 import engage.db.models
+
 
 revision = "0001"
 down_revision = None
@@ -57,6 +58,16 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_customer_phone"), ["phone"], unique=False)
         batch_op.create_index(batch_op.f("ix_customer_tier"), ["tier"], unique=False)
 
+    op.create_table(
+        "worker",
+        sa.Column("id", sa.String(length=100), nullable=False),
+        sa.Column("host", sa.String(length=255), nullable=False),
+        sa.Column("pid", sa.Integer(), nullable=False),
+        sa.Column("started_at", engage.db.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("heartbeat_at", engage.db.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("stats", sa.JSON(), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_worker")),
+    )
     op.create_table(
         "interaction",
         sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
@@ -267,6 +278,7 @@ def downgrade() -> None:
         batch_op.drop_index("ix_interaction_customer_kind_occurred")
 
     op.drop_table("interaction")
+    op.drop_table("worker")
     with op.batch_alter_table("customer", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_customer_tier"))
         batch_op.drop_index(batch_op.f("ix_customer_phone"))

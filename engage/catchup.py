@@ -1,0 +1,200 @@
+"""Which occurrences of a campaign are due now, and planning each exactly once.
+
+The daemon never trusts its own memory of what ran: ``campaign_run`` is the
+calendar's memory. Whenever a campaign's cron job fires, on start-up, and
+periodically as a safety net, ``plan_due`` looks at the occurrences since the
+campaign's last recorded one (``campaign_run``) up to ``now``:
+
+* the **most recent** occurrence no older than ``catch_up`` is planned, once.
+  Like Customer.io or APScheduler's ``coalesce``, several missed occurrences
+  collapse into one run: a winback sent three times in a row after an outage
+  helps nobody;
+* every earlier occurrence without a row is recorded as ``missed`` (counts
+  empty) and logged, so ``engage status`` can show what did not go out;
+* an occurrence left ``planning`` by a process that died is resumed
+  (planning is idempotent: the unique run row and message dedupe keys).
+
+A campaign with no row at all (new, or a fresh database) only looks back
+``catch_up``: there is nothing to have missed before it existed. Otherwise
+the look-back is bounded by ``MAX_LOOKBACK`` so a long outage of an
+every-minute campaign stays a bounded amount of bookkeeping.
+
+On PostgreSQL several processes may do this at once: each occurrence is
+planned under a transaction-scoped advisory lock taken with
+``pg_try_advisory_xact_lock`` on a connection dedicated to it; a process that
+does not get the lock leaves the occurrence to the one that has it. The lock
+only saves duplicate work: correctness rests on the unique run row and the
+message dedupe keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, cast
+
+from sqlalchemy import Connection, Engine, Table, func, select, text
+
+from .campaigns.cron import occurrences
+from .config import Config
+from .db.bulk import insert_ignore
+from .db.models import CampaignRun
+from .planner import PlanResult, plan_occurrence
+from .timeutil import ensure_utc
+
+log = logging.getLogger(__name__)
+R = cast(Table, CampaignRun.__table__)
+
+MAX_LOOKBACK = timedelta(days=7)
+MAX_MISSED_ROWS = 500  # per campaign and call; older ones are only counted in the log
+_TICK = timedelta(microseconds=1)
+
+
+@dataclass
+class Due:
+    """What ``find_due`` decided for one campaign at one moment."""
+
+    campaign: str
+    plan: list[datetime] = field(default_factory=list)  # new occurrence, or ones to resume
+    missed: list[datetime] = field(default_factory=list)
+    missed_beyond_cap: int = 0
+
+
+def find_due(conn: Connection, campaign: Any, now: datetime, catch_up: timedelta) -> Due:
+    """Occurrences of ``campaign`` to plan and to record as missed at ``now`` (reads only)."""
+    due = Due(campaign.name)
+    last = conn.execute(
+        select(func.max(R.c.scheduled_at)).where(
+            R.c.campaign == campaign.name, R.c.scheduled_at <= now
+        )
+    ).scalar()
+    if isinstance(last, str):  # max() of text instants on SQLite
+        last = datetime.fromisoformat(last)
+    if last is None:
+        start = now - catch_up
+    else:
+        start = max(ensure_utc(last) + _TICK, now - max(MAX_LOOKBACK, catch_up))
+    found = list(occurrences(campaign, start, now + _TICK))
+    if found and now - found[-1] <= catch_up:
+        due.plan.append(found.pop())
+    if len(found) > MAX_MISSED_ROWS:
+        due.missed_beyond_cap = len(found) - MAX_MISSED_ROWS
+        found = found[-MAX_MISSED_ROWS:]
+    due.missed = found
+    stuck = conn.execute(
+        select(R.c.scheduled_at).where(
+            R.c.campaign == campaign.name,
+            R.c.state == "planning",
+            R.c.scheduled_at >= now - catch_up,
+            R.c.scheduled_at <= now,
+        )
+    ).scalars()
+    due.plan = sorted(set(due.plan) | set(stuck))
+    return due
+
+
+def record_missed(engine: Engine, campaign: str, instants: list[datetime], now: datetime) -> int:
+    """Insert ``missed`` rows (ignoring occurrences some process already recorded)."""
+    if not instants:
+        return 0
+    rows = [
+        {
+            "campaign": campaign,
+            "scheduled_at": t,
+            "state": "missed",
+            "counts": {},
+            "created_at": now,
+            "finished_at": now,
+        }
+        for t in instants
+    ]
+    with engine.begin() as conn:
+        return insert_ignore(conn, R, rows, ["campaign", "scheduled_at"])
+
+
+def lock_key(campaign: str, scheduled_at: datetime) -> int:
+    """A signed 64-bit advisory-lock key for one occurrence."""
+    digest = hashlib.blake2b(
+        f"engage-plan|{campaign}|{scheduled_at.isoformat()}".encode(), digest_size=8
+    ).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+@contextmanager
+def occurrence_lock(engine: Engine, campaign: str, scheduled_at: datetime) -> Iterator[bool]:
+    """Yield True when this process may plan the occurrence, False when another one is.
+
+    PostgreSQL: a transaction-level advisory lock on a connection held open
+    for the whole planning, released by the transaction's end (or by the
+    connection dying with the process), so it can never leak into a pool.
+    SQLite: one daemon at a time (the file lock), so always True.
+    """
+    if engine.dialect.name != "postgresql":
+        yield True
+        return
+    with engine.connect() as conn, conn.begin():
+        got = conn.execute(
+            text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": lock_key(campaign, scheduled_at)}
+        ).scalar()
+        yield bool(got)
+
+
+def plan_due(
+    engine: Engine,
+    config: Config,
+    campaign: Any,
+    now: datetime,
+    *,
+    guard: threading.Lock | None = None,
+) -> list[PlanResult]:
+    """Record missed occurrences and plan the due one(s) of ``campaign`` at ``now``.
+
+    ``guard`` serializes planning inside one process (cron jobs and the
+    periodic sweep may fire together); the advisory lock does it across
+    processes.
+    """
+    with guard or threading.Lock():
+        with engine.connect() as conn:
+            due = find_due(conn, campaign, now, config.catch_up)
+        if due.missed:
+            recorded = record_missed(engine, campaign.name, due.missed, now)
+            if recorded:
+                log.warning(
+                    "occurrences missed",
+                    extra={
+                        "event": "occurrences_missed",
+                        "campaign": campaign.name,
+                        "count": recorded + due.missed_beyond_cap,
+                        "first": due.missed[0],
+                        "last": due.missed[-1],
+                        "catch_up": config.catch_up.total_seconds(),
+                    },
+                )
+        results = []
+        for at in due.plan:
+            with occurrence_lock(engine, campaign.name, at) as mine:
+                if not mine:
+                    log.info(
+                        "occurrence planned elsewhere",
+                        extra={"event": "plan_skipped", "campaign": campaign.name, "at": at},
+                    )
+                    continue
+                result = plan_occurrence(engine, config, campaign, at, now=now)
+            results.append(result)
+            log.info(
+                "occurrence planned",
+                extra={
+                    "event": "occurrence_planned",
+                    "campaign": campaign.name,
+                    "at": at,
+                    "late_by": round((now - at).total_seconds(), 3),
+                    "already_planned": result.already_planned,
+                    "inserted": result.inserted,
+                },
+            )
+        return results
