@@ -395,6 +395,34 @@ def test_html_to_text_edge_cases(html: str, text: str) -> None:
     assert html_to_text(html) == text
 
 
+@pytest.mark.parametrize(
+    ("html", "text"),
+    [
+        # a quoted attribute spanning lines (the converter cannot work line by line)
+        (
+            '<p>a</p>\n<a title="x\ny" href="https://x.example/z">Go</a>\n<p>b</p>',
+            "a\n\nGo (https://x.example/z)\n\nb",
+        ),
+        (
+            '<div style="display:none"><a title="x</td><a href="https://x/">\n</div>\n'
+            '<span title="a>b">shown</span>',
+            "",
+        ),
+        # a link whose label spans lines
+        (
+            '<p>Hi\n<a href="https://x.example/l">two\nlines</a>\n</p>',
+            "Hi two lines (https://x.example/l)",
+        ),
+    ],
+)
+def test_html_to_text_across_lines_and_repeated(html: str, text: str) -> None:
+    # Lines are memoised with the converter state: the second call (served
+    # from the memo where lines repeat) must give the same text as the first.
+    assert html_to_text(html) == text
+    assert html_to_text(html) == text
+    assert html_to_text("<div>" + html + "</div>") == text
+
+
 @pytest.mark.parametrize("locale", ["en_US", "de_DE", "fr_FR", "en_IN", "de_CH", "ar_EG", "ja_JP"])
 def test_number_filter_matches_babel(tmp_path: Path, locale: str) -> None:
     from babel.numbers import format_decimal
