@@ -21,6 +21,7 @@ every customer; that halves the cost again.
 from __future__ import annotations
 
 import re
+import threading
 from functools import lru_cache
 from html import unescape
 
@@ -101,9 +102,41 @@ def _start_tag(tag: str, raw: str) -> tuple[str, bool, bool, str, int, str]:
 
 
 _Link = tuple[str, int, list[str]]  # (href, start index in out, image alts)
-# (line, hidden depth, open tags...) -> (text pieces, open tags after, hidden depth after)
-_LINES: dict[tuple[object, ...], tuple[tuple[str, ...], tuple[str, ...], int | None]] = {}
-_LINES_MAX = 20_000  # about 10 MB at most
+_MEMO_MAX = 20_000  # memoised lines before starting afresh: about 10 MB at most
+
+
+class _Memo:
+    """Converted lines per converter state.
+
+    A state (hidden depth, open tags) gets a small id once; the memo maps
+    state id -> line -> (text pieces, next state id), so a hit costs two list
+    and dict lookups instead of building and hashing a state tuple per line.
+    Read without a lock (dict and list reads are atomic); new state ids are
+    handed out under a lock so two threads never share one.
+    """
+
+    def __init__(self) -> None:
+        self.ids: dict[tuple[int | None, tuple[str, ...]], int] = {(None, ()): 0}
+        self.states: list[tuple[int | None, tuple[str, ...]]] = [(None, ())]
+        self.lines: list[dict[str, tuple[tuple[str, ...], int]]] = [{}]
+        self.size = 0
+        self._lock = threading.Lock()
+
+    def state(self, hidden_at: int | None, open_tags: list[str]) -> int:
+        key = (hidden_at, tuple(open_tags))
+        sid = self.ids.get(key)
+        if sid is None:
+            with self._lock:
+                sid = self.ids.get(key)
+                if sid is None:
+                    sid = len(self.states)
+                    self.states.append(key)
+                    self.lines.append({})
+                    self.ids[key] = sid  # last: whoever sees the id finds its lists
+        return sid
+
+
+_memo = _Memo()
 
 
 def _convert(
@@ -167,12 +200,17 @@ def _convert(
 
 def html_to_text(html: str) -> str:
     """Readable plain text for an HTML email body."""
+    global _memo
     body = _DROP.sub("", html.replace(_BR, ""))
+    memo = _memo
+    if memo.size > _MEMO_MAX:
+        memo = _memo = _Memo()
     out: list[str] = []
     links: list[_Link] = []
     open_tags: list[str] = []
     hidden_at: int | None = None  # depth of the display:none element we are inside
-    # Line by line, memoised on (line, state): an email's layout lines are the
+    sid = 0  # memo id of (hidden_at, open_tags) while no link is open
+    # Line by line, memoised on (state, line): an email's layout lines are the
     # same for every customer, only a few lines carry names or links. A line
     # break never falls inside a token except inside a tag, and a tag cut in
     # two shows up as a stray "<": then the whole body is converted in one go.
@@ -183,22 +221,26 @@ def html_to_text(html: str) -> str:
             hidden_at, stray = _convert(_TOKEN.findall(line), out, links, open_tags, hidden_at)
             if stray:
                 return _whole(body)
+            if not links:
+                sid = memo.state(hidden_at, open_tags)
             continue
-        key = (line, hidden_at, *open_tags)
-        hit = _LINES.get(key)
+        table = memo.lines[sid]
+        hit = table.get(line)
         if hit is not None:
             out.extend(hit[0])
-            open_tags[:] = hit[1]
-            hidden_at = hit[2]
+            sid = hit[1]
             continue
+        hidden_at, tags = memo.states[sid]
+        open_tags = list(tags)
         start = len(out)
         hidden_at, stray = _convert(_TOKEN.findall(line), out, links, open_tags, hidden_at)
         if stray:
             return _whole(body)
         if not links:
-            if len(_LINES) >= _LINES_MAX:
-                _LINES.clear()
-            _LINES[key] = (tuple(out[start:]), tuple(open_tags), hidden_at)
+            sid_after = memo.state(hidden_at, open_tags)
+            table[line] = (tuple(out[start:]), sid_after)
+            memo.size += 1
+            sid = sid_after
     return _finish(out)
 
 
