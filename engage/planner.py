@@ -15,14 +15,14 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Connection, Engine, and_, case, func, or_, select, update
+from sqlalchemy import Connection, Engine, Table, and_, case, func, or_, select, true, update
 
 from . import suppressions
 from .campaigns.audience import stream_audience
 from .config import Config
-from .db.bulk import in_values, insert_ignore
+from .db.bulk import in_values, insert_ignore, no_index
 from .db.models import CampaignRun, Message
 from .policy import (
     CAP_STATES,
@@ -37,8 +37,8 @@ from .timeutil import ensure_utc, utcnow
 
 log = logging.getLogger(__name__)
 
-M = Message.__table__
-R = CampaignRun.__table__
+M = cast(Table, Message.__table__)
+R = cast(Table, CampaignRun.__table__)
 
 
 def dedupe_key(campaign: str, scheduled_at: datetime, customer_id: str) -> str:
@@ -67,7 +67,7 @@ def _load_history(
     """
     ids = [r.customer_id for r in batch]
     when = func.coalesce(M.c.sent_at, M.c.send_after)
-    not_this_run = or_(M.c.run_id.is_(None), M.c.run_id != run_id) if run_id else True
+    not_this_run = or_(M.c.run_id.is_(None), M.c.run_id != run_id) if run_id else true()
     last = {
         cid: ts
         for cid, ts in conn.execute(
@@ -80,7 +80,7 @@ def _load_history(
                 not_this_run,
             )
             .group_by(M.c.customer_id)
-        )
+        ).all()
     }
     cap = config.frequency_cap
     used: dict[str, tuple[int, int]] = {}
@@ -102,7 +102,7 @@ def _load_history(
                 not_this_run,
             )
             .group_by(M.c.customer_id)
-        ).tuples()
+        ).all()
         used = {cid: (int(n), int(p or 0)) for cid, n, p in rows}
     out = {}
     for cid in ids:
@@ -125,11 +125,21 @@ def evaluate(
     run_id: int | None = None,
     batch: int = 2000,
     limit: int | None = None,
+    decision_only: bool = False,
 ) -> Iterator[list[Evaluated]]:
-    """Decisions for everyone in the audience, in batches (reads only)."""
+    """Decisions for everyone in the audience, in batches (reads only).
+
+    ``decision_only``: recipients carry only the facts ``decide`` reads (the
+    planner's choice; callers that render need the full facts)."""
     rules = CampaignRules.of(campaign)
     for recipients in stream_audience(
-        engine, campaign.audience, config, as_of, batch=batch, limit=limit
+        engine,
+        campaign.audience,
+        config,
+        as_of,
+        batch=batch,
+        limit=limit,
+        decision_only=decision_only,
     ):
         with engine.connect() as conn:
             supp = suppressions.load_for(conn, recipients)
@@ -266,19 +276,19 @@ def _preempt(
         select(M.c.customer_id, M.c.id)
         .where(
             in_values(M.c.customer_id, customer_ids),
-            M.c.status == "planned",
+            no_index(M.c.status) == "planned",
             M.c.priority < rules.priority,
             M.c.counts_toward_cap.is_(True),
         )
         .order_by(M.c.customer_id, M.c.priority, M.c.send_after.desc(), M.c.id)
-    )
+    ).all()
     victims: dict[str, int] = {}
     for cid, mid in rows:
         victims.setdefault(cid, mid)
     if victims:
         conn.execute(
             update(M)
-            .where(in_values(M.c.id, list(victims.values())), M.c.status == "planned")
+            .where(in_values(M.c.id, list(victims.values())), no_index(M.c.status) == "planned")
             .values(status="cancelled", error=f"preempted by {rules.name}", updated_at=now)
         )
 
@@ -290,9 +300,13 @@ def plan_occurrence(
     scheduled_at: datetime,
     *,
     now: datetime | None = None,
-    batch: int = 2000,
+    batch: int = 5000,
 ) -> PlanResult:
-    """Plan one occurrence into the outbox. Idempotent per (campaign, scheduled_at)."""
+    """Plan one occurrence into the outbox. Idempotent per (campaign, scheduled_at).
+
+    ``batch``: customers per read/decide/write round; each round costs a few
+    statements (compiled anew: their lists are parameters) and a commit, so
+    bigger rounds are cheaper while memory stays a few MB per round."""
     now = now or utcnow()
     scheduled_at = ensure_utc(scheduled_at)
     rules = CampaignRules.of(campaign)
@@ -303,7 +317,12 @@ def plan_occurrence(
 
     counts: Counter[str] = Counter()
     inserted = 0
-    for evaluated in evaluate(engine, config, campaign, scheduled_at, run_id=run.id, batch=batch):
+    key_prefix = dedupe_key(campaign.name, scheduled_at, "")  # + customer id
+    # Templates render at send time from the data current then: planning reads
+    # only what the decisions need.
+    for evaluated in evaluate(
+        engine, config, campaign, scheduled_at, run_id=run.id, batch=batch, decision_only=True
+    ):
         count_decisions(counts, evaluated)
         rows = []
         preempting = []
@@ -313,7 +332,7 @@ def plan_occurrence(
                 continue
             rows.append(
                 {
-                    "dedupe_key": dedupe_key(campaign.name, scheduled_at, d.customer_id),
+                    "dedupe_key": key_prefix + d.customer_id,
                     "campaign": campaign.name,
                     "run_id": run.id,
                     "customer_id": d.customer_id,

@@ -18,6 +18,7 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Select,
+    String,
     Subquery,
     and_,
     case,
@@ -237,6 +238,61 @@ def recipients_query(
     if customer_ids is not None:
         q = q.where(in_values(c.c.id, customer_ids))
     return q
+
+
+def decision_query(config: Config, as_of: datetime) -> Select[Any]:
+    """Customers with only the facts ``policy.decide`` reads: contact, consent,
+    time zone, sign-up and last activity (one correlated probe per customer).
+
+    Why a second shape: planning writes outbox rows and never renders (templates
+    render at send time from the data current then), so the order, lifetime-value
+    and points probes of ``recipients_query`` — six of its seven correlated
+    subqueries — and the JSON attributes would be read for nothing.
+    """
+    c = Customer.__table__
+    return select(
+        c.c.id,
+        c.c.email,
+        c.c.phone,
+        c.c.timezone,
+        c.c.email_opt_in,
+        c.c.sms_opt_in,
+        # As text on SQLite, parsed by ``decision_row_to_recipient`` with
+        # ``fromisoformat`` (SQLAlchemy's regex-based parser costs more per row).
+        type_coerce(c.c.created_at, String()).label("created_at"),
+        type_coerce(
+            func.coalesce(last_engagement_of(config, as_of), c.c.created_at), String()
+        ).label("last_activity"),
+    ).where(c.c.created_at <= _at(as_of))
+
+
+def decision_row_to_recipient(row: Any, config: Config) -> Recipient:
+    """A Recipient from a ``decision_query`` row; the facts that query does not
+    read (names, locale, tier, attributes, orders, points) stay at their defaults."""
+    cid, email, phone, tz, email_ok, sms_ok, created_at, last_activity = row
+    return Recipient(
+        customer_id=cid,
+        email=email,
+        phone=phone,
+        first_name=None,
+        last_name=None,
+        timezone=tz or config.timezone,
+        locale=config.locale,
+        tier=None,
+        attributes={},
+        email_opt_in=bool(email_ok),
+        sms_opt_in=bool(sms_ok),
+        created_at=_instant(created_at),
+        last_activity=_instant(last_activity),
+    )
+
+
+def _instant(value: Any) -> datetime:
+    """An aware UTC datetime from a driver value: naive UTC text on SQLite, an
+    aware datetime on PostgreSQL."""
+    if isinstance(value, str):
+        return datetime.fromisoformat(value + "+00:00")  # 5x faster than .replace(tzinfo=)
+    return ensure_utc(value)
 
 
 def row_to_recipient(row: Any, config: Config) -> Recipient:
