@@ -18,12 +18,12 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, or_, select, update
+from sqlalchemy import Engine, and_, bindparam, or_, select, update
 
 from . import suppressions
 from .channels.base import Channel, Outgoing
@@ -39,6 +39,12 @@ M = Message.__table__
 
 DUE_STATES = ("planned", "retry")
 REQUEUE_STATES = ("unknown", "failed", "render_error", "cancelled")
+
+# Outcomes are written by the batch thread in chunks: at most this many, or
+# after this long, so few sent-but-unrecorded rows exist at any moment (a crash
+# leaves them ``sending`` -> ``unknown``: correct, but noisy).
+RECORD_EVERY = 50
+RECORD_SECONDS = 0.5
 
 
 def default_owner() -> str:
@@ -105,6 +111,22 @@ class Claimed:
     channel: str
     template: str
     attempts: int
+
+
+@dataclass
+class Outcome:
+    """What happened to one claimed message, computed by a worker thread and
+    written by the batch thread together with the others of its chunk.
+
+    ``status`` ``released`` gives the message back (never handed to a provider);
+    any other status is final for this attempt, with ``values`` the extra
+    columns to set. ``suppress`` is a suppression row to add first.
+    """
+
+    msg: Claimed
+    status: str
+    values: dict[str, Any] = field(default_factory=dict)
+    suppress: tuple[str, str, str | None, str, str | None] | None = None
 
 
 @dataclass
@@ -286,9 +308,89 @@ class Dispatcher:
             self.pool.submit(self._send_one, c, recipients.get(c.customer_id), supp, campaigns, now)
             for c in claimed
         ]
-        for f in futures:
-            stats.outcomes[f.result()] += 1
+        self._collect(futures, stats)
         return stats
+
+    def _collect(self, futures: Sequence[Future[Outcome]], stats: DispatchStats) -> None:
+        """Record outcomes as the sends complete, in chunks of ``RECORD_EVERY`` or
+        every ``RECORD_SECONDS``: one transaction per chunk instead of one commit
+        per message from eight contending worker threads."""
+        not_done: set[Future[Outcome]] = set(futures)
+        pending: list[Outcome] = []
+        deadline = time.monotonic() + RECORD_SECONDS
+        while not_done:
+            timeout = max(0.0, deadline - time.monotonic())
+            done, not_done = wait(not_done, timeout=timeout, return_when=FIRST_COMPLETED)
+            pending.extend(f.result() for f in done)
+            due = time.monotonic() >= deadline
+            if pending and (due or len(pending) >= RECORD_EVERY or not not_done):
+                self._record(pending)
+                for outcome in pending:
+                    stats.outcomes[outcome.status] += 1
+                pending = []
+            if due:
+                deadline = time.monotonic() + RECORD_SECONDS
+
+    def _record(self, outcomes: Sequence[Outcome]) -> None:
+        """Write a chunk of outcomes: suppressions first, then one executemany
+        UPDATE per shape of values, all guarded by ``status = 'sending'``."""
+        supp = [o.suppress for o in outcomes if o.suppress is not None]
+        if supp:
+            suppressions.add(self.engine, supp)
+        at = utcnow()
+        finished: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        released: list[dict[str, Any]] = []
+        for o in outcomes:
+            if o.status == "released":
+                released.append(
+                    {
+                        "b_id": o.msg.id,
+                        "b_status": "planned" if o.msg.attempts <= 1 else "retry",
+                        "b_attempts": o.msg.attempts - 1,
+                        "b_at": at,
+                    }
+                )
+                continue
+            params = {"b_id": o.msg.id, "b_status": o.status, "b_at": at}
+            params.update({f"b_{k}": v for k, v in o.values.items()})
+            finished.setdefault(tuple(sorted(o.values)), []).append(params)
+        with self.engine.begin() as conn:
+            for keys, rows in finished.items():
+                stmt = (
+                    update(M)
+                    .where(M.c.id == bindparam("b_id"), M.c.status == "sending")
+                    .values(
+                        status=bindparam("b_status"),
+                        lease_owner=None,
+                        lease_expires_at=None,
+                        updated_at=bindparam("b_at"),
+                        **{k: bindparam(f"b_{k}") for k in keys},
+                    )
+                )
+                conn.execute(stmt, rows)
+            if released:
+                conn.execute(
+                    update(M)
+                    .where(
+                        M.c.id == bindparam("b_id"),
+                        M.c.status == "sending",
+                        M.c.lease_owner == self.owner,
+                    )
+                    .values(
+                        status=bindparam("b_status"),
+                        attempts=bindparam("b_attempts"),
+                        lease_owner=None,
+                        lease_expires_at=None,
+                        updated_at=bindparam("b_at"),
+                    ),
+                    released,
+                )
+        for o in outcomes:
+            log.info(
+                "message %s",
+                o.status,
+                extra={"event": f"message_{o.status}", "message_id": o.msg.id},
+            )
 
     # -- one message -------------------------------------------------------------------
     def _send_one(
@@ -298,14 +400,14 @@ class Dispatcher:
         supp: Suppressions,
         campaigns: Mapping[str, Any],
         now: datetime,
-    ) -> str:
+    ) -> Outcome:
         try:
             return self._send_checked(msg, recipient, supp, campaigns, now)
         except Exception as exc:  # a bug for one message must not strand the batch
             log.exception(
                 "dispatch crashed", extra={"event": "dispatch_error", "message_id": msg.id}
             )
-            return self._finish(msg.id, "failed", error=f"internal error: {type(exc).__name__}")
+            return Outcome(msg, "failed", {"error": f"internal error: {type(exc).__name__}"})
 
     def _send_checked(
         self,
@@ -314,45 +416,48 @@ class Dispatcher:
         supp: Suppressions,
         campaigns: Mapping[str, Any],
         now: datetime,
-    ) -> str:
+    ) -> Outcome:
         if self.stop.is_set():
-            return self._release(msg)
+            return Outcome(msg, "released")
         if recipient is None:
-            return self._finish(msg.id, "cancelled", error="customer no longer exists")
+            return Outcome(msg, "cancelled", {"error": "customer no longer exists"})
         campaign = campaigns.get(msg.campaign)
         if campaign is None:
-            return self._finish(
-                msg.id, "cancelled", error="campaign no longer exists or is invalid"
-            )
+            return Outcome(msg, "cancelled", {"error": "campaign no longer exists or is invalid"})
         address, reason = reachability(recipient, msg.channel, self.config)
         if reason is None and address and supp.blocks(msg.channel, address, recipient.customer_id):
             reason = "suppressed"
         if reason is not None or not address:
-            return self._finish(msg.id, "cancelled", error=f"at send time: {reason}")
+            return Outcome(msg, "cancelled", {"error": f"at send time: {reason}"})
         try:
             outgoing = self._render(msg, campaign, recipient, address, now)
         except EngageError as exc:
-            return self._finish(msg.id, "render_error", error=str(exc), address=address)
+            return Outcome(msg, "render_error", {"error": str(exc), "address": address})
         if not self.buckets[msg.channel].acquire(self.stop):
-            return self._release(msg)
+            return Outcome(msg, "released")
         channel = self.channels[msg.channel]
         try:
             result = channel.send(outgoing)
         except TransientSendError as exc:
             return self._transient(msg, exc)
         except PermanentSendError as exc:
+            suppress = None
             if exc.suppress_reason:
-                self._suppress(msg, recipient, address, exc.suppress_reason)
-            return self._finish(msg.id, "failed", error=_describe(exc), address=address)
+                source = f"provider:{channel.provider}"
+                reason = exc.suppress_reason
+                suppress = (msg.channel, address, recipient.customer_id, reason, source)
+            return Outcome(msg, "failed", {"error": _describe(exc), "address": address}, suppress)
         except SendError as exc:
-            return self._finish(msg.id, "failed", error=_describe(exc), address=address)
-        return self._finish(
-            msg.id,
+            return Outcome(msg, "failed", {"error": _describe(exc), "address": address})
+        return Outcome(
+            msg,
             "sent",
-            address=address,
-            provider=result.provider,
-            provider_id=result.provider_id,
-            sent_at=utcnow(),
+            {
+                "address": address,
+                "provider": result.provider,
+                "provider_id": result.provider_id,
+                "sent_at": utcnow(),
+            },
         )
 
     def _render(
@@ -377,56 +482,15 @@ class Dispatcher:
             message_id=msg.id, channel="sms", to=address, campaign=msg.campaign, text=sms.body
         )
 
-    def _transient(self, msg: Claimed, exc: TransientSendError) -> str:
+    def _transient(self, msg: Claimed, exc: TransientSendError) -> Outcome:
         cfg = self.config.dispatch
         if msg.attempts >= cfg.max_attempts:
-            return self._finish(
-                msg.id, "failed", error=f"gave up after {msg.attempts} attempts: {_describe(exc)}"
-            )
+            error = f"gave up after {msg.attempts} attempts: {_describe(exc)}"
+            return Outcome(msg, "failed", {"error": error})
         delay = backoff_delay(
             msg.attempts, cfg.backoff_base, cfg.backoff_max, exc.retry_after, self.rng
         )
-        return self._finish(msg.id, "retry", error=_describe(exc), next_attempt_at=utcnow() + delay)
-
-    def _release(self, msg: Claimed) -> str:
-        """Give back a claimed message that was never handed to a provider."""
-        with self.engine.begin() as conn:
-            conn.execute(
-                update(M)
-                .where(M.c.id == msg.id, M.c.status == "sending", M.c.lease_owner == self.owner)
-                .values(
-                    status="planned" if msg.attempts <= 1 else "retry",
-                    attempts=msg.attempts - 1,
-                    lease_owner=None,
-                    lease_expires_at=None,
-                    updated_at=utcnow(),
-                )
-            )
-        return "released"
-
-    def _finish(self, message_id: int, status: str, **values: Any) -> str:
-        with self.engine.begin() as conn:
-            conn.execute(
-                update(M)
-                .where(M.c.id == message_id, M.c.status == "sending")
-                .values(
-                    status=status,
-                    lease_owner=None,
-                    lease_expires_at=None,
-                    updated_at=utcnow(),
-                    **values,
-                )
-            )
-        log.info(
-            "message %s", status, extra={"event": f"message_{status}", "message_id": message_id}
-        )
-        return status
-
-    def _suppress(self, msg: Claimed, recipient: Recipient, address: str, reason: str) -> None:
-        source = f"provider:{self.channels[msg.channel].provider}"
-        suppressions.add(
-            self.engine, [(msg.channel, address, recipient.customer_id, reason, source)]
-        )
+        return Outcome(msg, "retry", {"error": _describe(exc), "next_attempt_at": utcnow() + delay})
 
 
 def _describe(exc: SendError) -> str:
@@ -437,6 +501,7 @@ def _describe(exc: SendError) -> str:
 __all__ = [
     "Dispatcher",
     "DispatchStats",
+    "Outcome",
     "TokenBucket",
     "backoff_delay",
     "claim",

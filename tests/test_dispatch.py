@@ -334,3 +334,32 @@ def test_token_bucket_paces_acquisitions() -> None:
         clock[0] += 0.0625
         granted += bucket.acquire(never_wait)
     assert granted == 12  # 4 per second
+
+
+def test_outcomes_of_a_batch_larger_than_a_chunk_are_all_recorded(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """Outcomes are written in chunks by the batch thread: every one of a batch
+    spanning several chunks lands, each with its own status and values."""
+    from engage.dispatch import RECORD_EVERY
+
+    config = make_config(tmp_path, dispatch={"batch_size": RECORD_EVERY * 2 + 7})
+    sent = [add_message(engine, add_customer(engine, f"s{n:03}")) for n in range(RECORD_EVERY + 30)]
+    gone = [add_message(engine, add_customer(engine, f"g{n:03}")) for n in range(RECORD_EVERY)]
+    with engine.begin() as conn:
+        ids = [f"g{n:03}" for n in range(RECORD_EVERY)]
+        conn.execute(update(Customer).where(Customer.id.in_(ids)).values(email_opt_in=False))
+    d = dispatcher(engine, config)
+    stats = d.run_once(NOW)
+    d.close()
+    assert stats.claimed == len(sent) + len(gone)
+    assert stats.outcomes == {"sent": len(sent), "cancelled": len(gone)}
+    with engine.connect() as conn:
+        rows = {r.id: r for r in conn.execute(select(Message))}
+    for i in sent:
+        r = rows[i]
+        assert (r.status, r.provider, r.lease_owner) == ("sent", "file", None)
+        assert r.provider_id and r.sent_at and r.address == f"{r.customer_id}@example.com"
+    for i in gone:
+        assert (rows[i].status, rows[i].error) == ("cancelled", "at send time: no_consent")
+        assert rows[i].lease_expires_at is None and rows[i].provider_id is None
