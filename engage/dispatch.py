@@ -167,9 +167,13 @@ def claim(
     pick = select(M.c.id).where(due).order_by(M.c.send_after, M.c.id).limit(limit)
     if engine.dialect.name == "postgresql":
         pick = pick.with_for_update(skip_locked=True)
+    # A CTE runs once. (As ``id IN (subquery)`` PostgreSQL may re-run the
+    # SKIP LOCKED subquery, which then skips the rows just updated and claims
+    # far more than ``limit``.)
+    picked = pick.cte("picked")
     stmt = (
         update(M)
-        .where(M.c.id.in_(pick.scalar_subquery()), due)
+        .where(M.c.id == picked.c.id, due)
         .values(
             status="sending",
             lease_owner=owner,

@@ -363,3 +363,15 @@ def test_outcomes_of_a_batch_larger_than_a_chunk_are_all_recorded(
     for i in gone:
         assert (rows[i].status, rows[i].error) == ("cancelled", "at send time: no_consent")
         assert rows[i].lease_expires_at is None and rows[i].provider_id is None
+
+
+def test_claim_takes_at_most_its_limit(engine: Engine) -> None:
+    for n in range(30):
+        add_message(engine, add_customer(engine, f"l{n:02d}"))
+    first = claim(engine, "w1", NOW, 10, timedelta(minutes=5))
+    second = claim(engine, "w2", NOW, 10, timedelta(minutes=5))
+    assert len(first) == 10 and len(second) == 10
+    assert not {c.id for c in first} & {c.id for c in second}
+    with engine.connect() as conn:
+        owners = [r.lease_owner for r in conn.execute(select(Message).order_by(Message.id))]
+    assert owners == ["w1"] * 10 + ["w2"] * 10 + [None] * 10

@@ -63,6 +63,9 @@ class Reply:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    # socketserver's default backlog of 5 drops connections when 8+ client
+    # threads connect at once (they retry ~1 s later and distort any timing).
+    request_queue_size = 128
     fake: _FakeBase
 
 
