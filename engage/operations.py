@@ -25,8 +25,8 @@ from .config import Config
 from .dispatch import Dispatcher, DispatchStats
 from .errors import EngageError, NotFound
 from .outbox import count_waiting
-from .planner import DryRun, Evaluated, PlanResult, dry_run, plan_occurrence
-from .policy import CampaignRules, History, decide
+from .planner import DryRun, Evaluated, PlanResult, dry_run, load_history, plan_occurrence
+from .policy import CampaignRules, decide
 from .recipients import load_recipients
 from .templating.renderer import RenderedEmail, RenderedSms, Renderer
 
@@ -147,15 +147,16 @@ def preview_message(
         recipient = load_recipients(
             conn, config, [customer_id], at, expiring_within=expiring_window(campaign.audience)
         ).get(customer_id)
-        supp = suppressions.load_for(conn, [recipient]) if recipient else None
-    if recipient is None or supp is None:
-        raise NotFound(f"no customer {customer_id!r}")
-    rules = CampaignRules.of(campaign)
-    if channel is not None:
-        if channel not in ("email", "sms"):
-            raise EngageError(f"--channel must be email or sms, not {channel!r}")
-        rules = CampaignRules(**{**rules.__dict__, "channels": (channel,)})
-    d = decide(recipient, rules, config, at, supp, History())
+        if recipient is None:
+            raise NotFound(f"no customer {customer_id!r}")
+        supp = suppressions.load_for(conn, [recipient])
+        rules = CampaignRules.of(campaign)
+        if channel is not None:
+            if channel not in ("email", "sms"):
+                raise EngageError(f"--channel must be email or sms, not {channel!r}")
+            rules = CampaignRules(**{**rules.__dict__, "channels": (channel,)})
+        history = load_history(conn, [recipient], rules, config, at, None)[customer_id]
+    d = decide(recipient, rules, config, at, supp, history)
     shown = channel or d.channel or campaign.channels[0]
     renderer = Renderer(config)
     out = Preview(campaign.name, customer_id, shown, d.address, d.action, d.reason, d.send_at)

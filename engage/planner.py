@@ -52,7 +52,7 @@ class Evaluated:
     decision: Decision
 
 
-def _load_history(
+def load_history(
     conn: Connection,
     batch: Sequence[Recipient],
     rules: CampaignRules,
@@ -143,7 +143,7 @@ def evaluate(
     ):
         with engine.connect() as conn:
             supp = suppressions.load_for(conn, recipients)
-            history = _load_history(conn, recipients, rules, config, as_of, run_id)
+            history = load_history(conn, recipients, rules, config, as_of, run_id)
         yield [
             Evaluated(r, decide(r, rules, config, as_of, supp, history[r.customer_id]))
             for r in recipients

@@ -225,3 +225,18 @@ def test_reentry_after_activity(engine: Engine, tmp_path: Path) -> None:
     add_interaction(engine, "ann", NOW - timedelta(days=35), kind="visit")
     r = plan_occurrence(engine, config, c, NOW + timedelta(days=1), now=NOW + timedelta(days=1))
     assert r.counts["send"] == 1
+
+
+def test_preview_applies_the_same_rules_as_planning(engine: Engine, tmp_path: Path) -> None:
+    from engage.operations import preview_message
+
+    config = make_config(tmp_path)
+    add_customer(engine, "ann")
+    c = campaign(channels=["email"], template="winback")
+    before = preview_message(engine, config, c, "ann", NOW)
+    assert (before.decision, before.channel) == ("send", "email")
+    assert before.email is not None and "ann@example.com" == before.address
+    plan_occurrence(engine, config, c, NOW, now=NOW)
+    after = preview_message(engine, config, c, "ann", NOW + timedelta(days=1))
+    assert (after.decision, after.reason) == ("skip", "reentry")
+    assert after.email is not None  # the content is still shown
