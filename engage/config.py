@@ -51,7 +51,7 @@ def _clock(value: Any) -> time:
     if isinstance(value, time):
         return value
     if not isinstance(value, str):
-        raise ValueError(f"expected a time of day such as \"09:00\", got {value!r}")
+        raise ValueError(f'expected a time of day such as "09:00", got {value!r}')
     try:
         hh, mm = value.strip().split(":")
         if len(mm) != 2:
@@ -60,7 +60,7 @@ def _clock(value: Any) -> time:
             return time(23, 59, 59, 999999)
         return time(int(hh), int(mm))
     except ValueError:
-        raise ValueError(f"expected a time of day such as \"09:00\", got {value!r}") from None
+        raise ValueError(f'expected a time of day such as "09:00", got {value!r}') from None
 
 
 def _zone_name(value: Any) -> str:
@@ -187,7 +187,11 @@ class Config(Strict):
     @field_validator("send_windows")
     @classmethod
     def _sms_legal_hours(cls, windows: SendWindows) -> SendWindows:
-        if windows.sms.start < time(8) or windows.sms.end > time(21) or windows.sms.end < windows.sms.start:
+        if (
+            windows.sms.start < time(8)
+            or windows.sms.end > time(21)
+            or windows.sms.end < windows.sms.start
+        ):
             raise ValueError("the SMS send window must lie within 08:00-21:00 local time")
         return windows
 

@@ -21,9 +21,9 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Engine, and_, bindparam, or_, select, update
+from sqlalchemy import Engine, Table, and_, bindparam, or_, select, update
 
 from . import suppressions
 from .channels.base import Channel, Outgoing
@@ -35,7 +35,7 @@ from .recipients import Recipient, load_recipients
 from .timeutil import utcnow
 
 log = logging.getLogger(__name__)
-M = Message.__table__
+M = cast(Table, Message.__table__)
 
 DUE_STATES = ("planned", "retry")
 REQUEUE_STATES = ("unknown", "failed", "render_error", "cancelled")

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, Table, func, select
 
 from .db.models import MESSAGE_STATES, Message
 from .errors import EngageError
 from .timeutil import isoformat_z
 
-M = Message.__table__
+M = cast(Table, Message.__table__)
 
 
 @dataclass(frozen=True)

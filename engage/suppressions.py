@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import cast
 
-from sqlalchemy import Connection, Engine, and_, delete, or_, select
+from sqlalchemy import Connection, Engine, Table, and_, delete, or_, select
 
 from .db.bulk import in_values, insert_ignore
 from .db.models import SUPPRESSION_REASONS, Suppression
@@ -20,7 +21,7 @@ from .policy import Suppressions, normalize_address
 from .recipients import Recipient
 from .timeutil import utcnow
 
-S = Suppression.__table__
+S = cast(Table, Suppression.__table__)
 CHANNELS = ("email", "sms")
 
 

@@ -66,7 +66,9 @@ def get_zone(name: str) -> ZoneInfo:
             raise ZoneInfoNotFoundError(name)
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, OSError):
-        raise ValueError(f"unknown time zone {name!r} (use an IANA name such as Europe/Paris)")
+        raise ValueError(
+            f"unknown time zone {name!r} (use an IANA name such as Europe/Paris)"
+        ) from None
 
 
 def parse_instant(text: str, default_tz: tzinfo = UTC) -> datetime:
@@ -84,7 +86,7 @@ def parse_instant(text: str, default_tz: tzinfo = UTC) -> datetime:
             return datetime(d.year, d.month, d.day, tzinfo=default_tz).astimezone(UTC)
         value = datetime.fromisoformat(raw.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
-        raise ValueError(f"not an ISO-8601 date or datetime: {text!r}")
+        raise ValueError(f"not an ISO-8601 date or datetime: {text!r}") from None
     if value.tzinfo is None:
         value = value.replace(tzinfo=default_tz)
     return value.astimezone(UTC)

@@ -84,9 +84,11 @@ def load_yaml_file(path: Path, display: str | None = None) -> tuple[Any, Where]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise YamlSyntaxError(Problem(shown, None, None, None, f"cannot read: {exc.strerror}"))
+        raise YamlSyntaxError(
+            Problem(shown, None, None, None, f"cannot read: {exc.strerror}")
+        ) from None
     except UnicodeDecodeError:
-        raise YamlSyntaxError(Problem(shown, None, None, None, "not UTF-8 text"))
+        raise YamlSyntaxError(Problem(shown, None, None, None, "not UTF-8 text")) from None
     return load_yaml(text, shown)
 
 
@@ -127,7 +129,9 @@ def problems_from_validation(
     problems = []
     for err in exc.errors(include_url=False):
         loc = tuple(
-            p for p in err["loc"] if not (isinstance(p, str) and p.startswith(("function-", "tagged")))
+            p
+            for p in err["loc"]
+            if not (isinstance(p, str) and p.startswith(("function-", "tagged")))
         )
         loc = (*prefix, *loc)
         is_extra = err["type"] == "extra_forbidden"
