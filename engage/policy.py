@@ -41,19 +41,6 @@ _zone = lru_cache(maxsize=1024)(get_zone)
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 
-# Message states that mean "this campaign reached (or will reach) the customer".
-# held_out counts: the control group follows the same cadence as the recipients.
-REENTRY_STATES = (
-    "planned",
-    "sending",
-    "sent",
-    "delivered",
-    "bounced",
-    "undelivered",
-    "retry",
-    "unknown",
-    "held_out",
-)
 # Message states that occupy a frequency-cap slot.
 CAP_STATES = (
     "planned",
@@ -65,6 +52,9 @@ CAP_STATES = (
     "retry",
     "unknown",
 )
+# Message states that mean "this campaign reached (or will reach) the customer".
+# held_out counts: the control group follows the same cadence as the recipients.
+REENTRY_STATES = (*CAP_STATES, "held_out")
 
 
 @dataclass(frozen=True)
