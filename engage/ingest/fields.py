@@ -24,22 +24,20 @@ from ..timeutil import get_zone, parse_instant
 
 KINDS = ("customers", "interactions", "points")
 
-CUSTOMER_COLUMNS = frozenset(
-    {
-        "id",
-        "email",
-        "phone",
-        "first_name",
-        "last_name",
-        "timezone",
-        "locale",
-        "tier",
-        "email_opt_in",
-        "sms_opt_in",
-        "created_at",
-        "attributes",
-    }
+# The customer columns an import may set (besides ``id`` and ``attributes``).
+CUSTOMER_FIELDS = (
+    "email",
+    "phone",
+    "first_name",
+    "last_name",
+    "timezone",
+    "locale",
+    "tier",
+    "email_opt_in",
+    "sms_opt_in",
+    "created_at",
 )
+CUSTOMER_COLUMNS = frozenset({"id", *CUSTOMER_FIELDS, "attributes"})
 INTERACTION_COLUMNS = frozenset(
     {"customer_id", "kind", "occurred_at", "amount", "external_id", "attributes"}
 )

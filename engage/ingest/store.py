@@ -18,24 +18,12 @@ from sqlalchemy import Connection, Table, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ..db.models import Customer, Interaction
-from .fields import CustomerRec, InteractionRec, RowInvalid
+from .fields import CUSTOMER_FIELDS, CustomerRec, InteractionRec, RowInvalid
 
 Outcome = str | RowInvalid  # "inserted" | "updated" | "unchanged" | why the row failed
 INSERTED, UPDATED, UNCHANGED = "inserted", "updated", "unchanged"
 IN_CHUNK = 500  # keys per IN (...) list: far below SQLite's bound-parameter limit
 
-CUSTOMER_FIELDS = (
-    "email",
-    "phone",
-    "first_name",
-    "last_name",
-    "timezone",
-    "locale",
-    "tier",
-    "email_opt_in",
-    "sms_opt_in",
-    "created_at",
-)
 _NEW_CUSTOMER: dict[str, Any] = {f: None for f in CUSTOMER_FIELDS} | {
     "email_opt_in": False,
     "sms_opt_in": False,
