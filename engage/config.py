@@ -155,6 +155,8 @@ class Dispatch(Strict):
     backoff_max: Duration = timedelta(hours=1)
     poll_interval: Duration = timedelta(seconds=5)
     shutdown_grace: Duration = timedelta(seconds=30)  # engage run: in-flight sends may finish
+    # Prepare (load, check, render) big batches in a helper process: see prepare.py.
+    helper_process: bool = True
 
 
 class Config(Strict):

@@ -280,11 +280,8 @@ class Daemon:
     def dispatch(self) -> None:
         """Send what is due, batch after batch, until nothing is (or we are stopping)."""
         with self._job("dispatch") as go:
-            while go and not self.stop.is_set():
-                stats = self.dispatcher.dispatch_batch(utcnow())
-                self.totals.update(stats.outcomes)
-                if stats.claimed == 0:
-                    break
+            if go:
+                self.dispatcher.run_once(tally=self.totals)
             self._close_retired()
 
     def expire(self) -> None:
@@ -420,11 +417,7 @@ class Daemon:
             if self.stop.is_set():
                 break
             report.plans.extend(plan_due(self.engine, self.config, campaign, now))
-        while not self.stop.is_set():
-            stats = self.dispatcher.dispatch_batch(utcnow())
-            report.dispatch.add(stats)
-            if stats.claimed == 0:
-                break
+        report.dispatch.add(self.dispatcher.run_once())
         self.close()
         return report
 

@@ -18,20 +18,20 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any, cast
 
 from sqlalchemy import Engine, Table, and_, bindparam, or_, select, update
 
 from . import suppressions
-from .channels.base import Channel, Outgoing
+from .channels.base import Channel
 from .config import Config
 from .db.models import Message
-from .errors import EngageError, PermanentSendError, SendError, TransientSendError
-from .policy import Suppressions, reachability
-from .recipients import Recipient, load_recipients
+from .errors import PermanentSendError, SendError, TransientSendError
+from .prepare import Claimed, Helper, Outcome, Ready, helper_url, prepare
 from .timeutil import utcnow
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,8 @@ REQUEUE_STATES = ("unknown", "failed", "render_error", "cancelled")
 # leaves them ``sending`` -> ``unknown``: correct, but noisy).
 RECORD_EVERY = 50
 RECORD_SECONDS = 0.5
+# The helper process (see prepare.py) starts at the first claim of this many.
+HELPER_MIN_BATCH = 50
 
 
 def default_owner() -> str:
@@ -101,32 +103,6 @@ class TokenBucket:
                     return False
             else:
                 time.sleep(wait)
-
-
-@dataclass
-class Claimed:
-    id: int
-    campaign: str
-    customer_id: str
-    channel: str
-    template: str
-    attempts: int
-
-
-@dataclass
-class Outcome:
-    """What happened to one claimed message, computed by a worker thread and
-    written by the batch thread together with the others of its chunk.
-
-    ``status`` ``released`` gives the message back (never handed to a provider);
-    any other status is final for this attempt, with ``values`` the extra
-    columns to set. ``suppress`` is a suppression row to add first.
-    """
-
-    msg: Claimed
-    status: str
-    values: dict[str, Any] = field(default_factory=dict)
-    suppress: tuple[str, str, str | None, str, str | None] | None = None
 
 
 @dataclass
@@ -242,6 +218,53 @@ def requeue(engine: Engine, ids: Sequence[int], now: datetime) -> dict[int, str]
     return out
 
 
+@lru_cache(maxsize=64)
+def _finish_statement(keys: tuple[str, ...]) -> Any:
+    """The executemany UPDATE that ends an attempt (or gives a message back),
+    setting the columns ``keys`` besides the status. Built once per shape, not
+    per chunk. Guarded by our own lease: a row whose lease expired (now
+    ``unknown``) and was re-queued and claimed by another worker is left alone."""
+    return (
+        update(M)
+        .where(
+            M.c.id == bindparam("b_id"),
+            M.c.status == "sending",
+            M.c.lease_owner == bindparam("b_owner"),
+        )
+        .values(
+            status=bindparam("b_status"),
+            lease_owner=None,
+            lease_expires_at=None,
+            updated_at=bindparam("b_at"),
+            **{k: bindparam(f"b_{k}") for k in keys},
+        )
+    )
+
+
+class _Inbox:
+    """Where worker threads leave outcomes. The recorder sleeps until ``want`` of
+    them are there (or a timeout), so it wakes once per chunk, not per message."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._items: list[Outcome] = []
+        self._want = 1
+
+    def put(self, outcome: Outcome) -> None:
+        with self._cond:
+            self._items.append(outcome)
+            if len(self._items) >= self._want:
+                self._cond.notify()
+
+    def take(self, want: int, timeout: float) -> list[Outcome]:
+        with self._cond:
+            if len(self._items) < want:
+                self._want = want
+                self._cond.wait(timeout)
+            items, self._items = self._items, []
+            return items
+
+
 class Dispatcher:
     """Sends due messages through the configured channels with a bounded pool."""
 
@@ -273,24 +296,74 @@ class Dispatcher:
         self.pool = ThreadPoolExecutor(
             max_workers=config.dispatch.workers, thread_name_prefix="engage-send"
         )
+        self._helper: Helper | None = None
+        self._helper_url = helper_url(engine) if config.dispatch.helper_process else None
+        self._failure: BaseException | None = None  # a batch that could not be prepared
+        self.helper_prepared = 0  # messages prepared by the helper process so far
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
+        if self._helper is not None:
+            self._helper.close()
+            self._helper = None
 
-    # -- one round ---------------------------------------------------------------------
+    # -- sending -------------------------------------------------------------------------
     def run_once(
-        self, now: datetime | None = None, *, campaign: str | None = None
+        self,
+        now: datetime | None = None,
+        *,
+        campaign: str | None = None,
+        tally: Counter[str] | None = None,
     ) -> DispatchStats:
-        """Claim and send batches until nothing is due (or ``stop`` is set)."""
-        total = DispatchStats()
-        while not self.stop.is_set():
-            stats = self.dispatch_batch(now or utcnow(), campaign=campaign)
-            total.add(stats)
-            if stats.claimed == 0:
-                break
-        return total
+        """Claim and send until nothing is due (or ``stop`` is set).
 
-    def dispatch_batch(self, now: datetime, *, campaign: str | None = None) -> DispatchStats:
+        A pipeline, not batch after batch: the next batch is claimed and its
+        recipients loaded while the previous one is still being sent, so the
+        worker pool never idles on the database, and outcomes are written in
+        chunks as they arrive. At most ``batch_size`` plus half a batch is
+        claimed at any moment. ``now`` (default: the wall clock at each claim)
+        decides what is due; ``tally`` is updated as outcomes are recorded.
+        """
+        cfg = self.config.dispatch
+        refill_at = max(cfg.batch_size // 2, cfg.workers)
+        stats = DispatchStats()
+        inbox = _Inbox()
+        in_flight = 0
+        exhausted = False
+        try:
+            while True:
+                if self._failure is not None:
+                    exhausted = True
+                if not exhausted and in_flight <= refill_at and not self.stop.is_set():
+                    submitted = self._claim_and_submit(now or utcnow(), campaign, inbox)
+                    stats.claimed += submitted
+                    in_flight += submitted
+                    exhausted = submitted == 0
+                    continue
+                if in_flight == 0:
+                    break
+                # Sleep until a chunk is ready, the pool needs feeding, or time is up.
+                feeding = not exhausted and not self.stop.is_set()
+                wake = min(RECORD_EVERY, in_flight - refill_at if feeding else in_flight)
+                done = inbox.take(max(wake, 1), RECORD_SECONDS)
+                if done:
+                    in_flight -= len(done)
+                    self._record_into(done, stats, tally)
+        finally:
+            # A failed claim or record must not strand what is already in flight.
+            while in_flight > 0:
+                done = inbox.take(in_flight, RECORD_SECONDS)
+                in_flight -= len(done)
+                if done:
+                    self._record_into(done, stats, tally)
+        failure, self._failure = self._failure, None
+        if failure is not None:
+            raise failure
+        return stats
+
+    def _claim_and_submit(self, now: datetime, campaign: str | None, inbox: _Inbox) -> int:
+        """Claim one batch and get it prepared (here, or by the helper process while
+        there is a backlog); each prepared message then goes to the send pool."""
         cfg = self.config.dispatch
         claimed = claim(
             self.engine,
@@ -301,94 +374,110 @@ class Dispatcher:
             campaign=campaign,
             wall_now=utcnow(),
         )
-        stats = DispatchStats(claimed=len(claimed))
         if not claimed:
-            return stats
-        with self.engine.connect() as conn:
-            recipients = load_recipients(conn, self.config, [c.customer_id for c in claimed], now)
-            supp = suppressions.load_for(conn, list(recipients.values()))
+            return 0
         campaigns = self.campaigns()
-        futures = [
-            self.pool.submit(self._send_one, c, recipients.get(c.customer_id), supp, campaigns, now)
-            for c in claimed
-        ]
-        self._collect(futures, stats)
-        return stats
+        helper = self._helper_for(len(claimed))
+        if helper is None:
+            self._hand_out(claimed, campaigns, now, inbox, None)
+        else:
+            generation = getattr(self.renderer, "generation", 0)
+            helper.submit(claimed, campaigns, now, generation).add_done_callback(
+                lambda done: self._hand_out(claimed, campaigns, now, inbox, done)
+            )
+        return len(claimed)
 
-    def _collect(self, futures: Sequence[Future[Outcome]], stats: DispatchStats) -> None:
-        """Record outcomes as the sends complete, in chunks of ``RECORD_EVERY`` or
-        every ``RECORD_SECONDS``: one transaction per chunk instead of one commit
-        per message from eight contending worker threads."""
-        not_done: set[Future[Outcome]] = set(futures)
-        pending: list[Outcome] = []
-        deadline = time.monotonic() + RECORD_SECONDS
-        while not_done:
-            timeout = max(0.0, deadline - time.monotonic())
-            done, not_done = wait(not_done, timeout=timeout, return_when=FIRST_COMPLETED)
-            pending.extend(f.result() for f in done)
-            due = time.monotonic() >= deadline
-            if pending and (due or len(pending) >= RECORD_EVERY or not not_done):
-                self._record(pending)
-                for outcome in pending:
-                    stats.outcomes[outcome.status] += 1
-                pending = []
-            if due:
-                deadline = time.monotonic() + RECORD_SECONDS
+    def _helper_for(self, batch: int) -> Helper | None:
+        """The helper process once it is up. It is started at the first full
+        batch (a backlog is worth a process; a handful of messages is not), and
+        batches are prepared here until it has started."""
+        cfg = self.config.dispatch
+        if self._helper is None and self._helper_url is not None:
+            if batch >= max(cfg.batch_size, HELPER_MIN_BATCH):
+                self._helper = Helper(self.config, self._helper_url)
+                log.info(
+                    "backlog: preparing batches in a helper process",
+                    extra={"event": "dispatch_helper_started"},
+                )
+        helper = self._helper
+        if helper is not None and helper.failed:
+            log.warning(
+                "dispatch helper failed to start", extra={"event": "dispatch_helper_failed"}
+            )
+            helper.close()
+            self._helper = helper = None
+            self._helper_url = None
+        return helper if helper is not None and helper.ready else None
+
+    def _hand_out(
+        self,
+        claimed: Sequence[Claimed],
+        campaigns: Mapping[str, Any],
+        now: datetime,
+        inbox: _Inbox,
+        done: Future[list[Ready | Outcome]] | None,
+    ) -> None:
+        """Outcomes decided by preparation go to the recorder, ready messages to
+        the send pool. If the helper failed, prepare here instead; if that fails
+        too, give the whole batch back and stop claiming."""
+        try:
+            if done is None or done.exception() is not None:
+                if done is not None:
+                    log.warning(
+                        "dispatch helper failed; preparing in this process",
+                        exc_info=done.exception(),
+                        extra={"event": "dispatch_helper_failed"},
+                    )
+                    self._helper_url = None  # do not start another one
+                items = prepare(self.engine, self.config, self.renderer, claimed, campaigns, now)
+            else:
+                items = done.result()
+                self.helper_prepared += len(items)
+        except Exception as exc:
+            log.exception("cannot prepare a batch", extra={"event": "dispatch_error"})
+            self._failure = self._failure or exc
+            for msg in claimed:  # nothing was handed to a provider
+                inbox.put(Outcome(msg, "released"))
+            return
+        for item in items:
+            if isinstance(item, Ready):
+                self.pool.submit(self._send_into, item, inbox)
+            else:
+                inbox.put(item)
+
+    def _send_into(self, ready: Ready, inbox: _Inbox) -> None:
+        inbox.put(self._send_ready(ready))
+
+    def _record_into(
+        self, outcomes: Sequence[Outcome], stats: DispatchStats, tally: Counter[str] | None
+    ) -> None:
+        self._record(outcomes)
+        for outcome in outcomes:
+            stats.outcomes[outcome.status] += 1
+            if tally is not None:
+                tally[outcome.status] += 1
 
     def _record(self, outcomes: Sequence[Outcome]) -> None:
         """Write a chunk of outcomes: suppressions first, then one executemany
-        UPDATE per shape of values, all guarded by ``status = 'sending'``."""
+        UPDATE per shape of values, all guarded by our own ``sending`` lease."""
         supp = [o.suppress for o in outcomes if o.suppress is not None]
         if supp:
             suppressions.add(self.engine, supp)
         at = utcnow()
-        finished: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-        released: list[dict[str, Any]] = []
+        by_shape: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         for o in outcomes:
-            if o.status == "released":
-                released.append(
-                    {
-                        "b_id": o.msg.id,
-                        "b_status": "planned" if o.msg.attempts <= 1 else "retry",
-                        "b_attempts": o.msg.attempts - 1,
-                        "b_at": at,
-                    }
-                )
-                continue
-            params = {"b_id": o.msg.id, "b_status": o.status, "b_at": at}
-            params.update({f"b_{k}": v for k, v in o.values.items()})
-            finished.setdefault(tuple(sorted(o.values)), []).append(params)
+            values = o.values
+            if o.status == "released":  # never handed to a provider: undo the attempt
+                status = "planned" if o.msg.attempts <= 1 else "retry"
+                values = {"attempts": o.msg.attempts - 1}
+            else:
+                status = o.status
+            params = {"b_id": o.msg.id, "b_status": status, "b_at": at, "b_owner": self.owner}
+            params.update({f"b_{k}": v for k, v in values.items()})
+            by_shape.setdefault(tuple(sorted(values)), []).append(params)
         with self.engine.begin() as conn:
-            for keys, rows in finished.items():
-                stmt = (
-                    update(M)
-                    .where(M.c.id == bindparam("b_id"), M.c.status == "sending")
-                    .values(
-                        status=bindparam("b_status"),
-                        lease_owner=None,
-                        lease_expires_at=None,
-                        updated_at=bindparam("b_at"),
-                        **{k: bindparam(f"b_{k}") for k in keys},
-                    )
-                )
-                conn.execute(stmt, rows)
-            if released:
-                conn.execute(
-                    update(M)
-                    .where(
-                        M.c.id == bindparam("b_id"),
-                        M.c.status == "sending",
-                        M.c.lease_owner == self.owner,
-                    )
-                    .values(
-                        status=bindparam("b_status"),
-                        attempts=bindparam("b_attempts"),
-                        lease_owner=None,
-                        lease_expires_at=None,
-                        updated_at=bindparam("b_at"),
-                    ),
-                    released,
-                )
+            for keys, rows in by_shape.items():
+                conn.execute(_finish_statement(keys), rows)
         for o in outcomes:
             log.info(
                 "message %s",
@@ -397,47 +486,19 @@ class Dispatcher:
             )
 
     # -- one message -------------------------------------------------------------------
-    def _send_one(
-        self,
-        msg: Claimed,
-        recipient: Recipient | None,
-        supp: Suppressions,
-        campaigns: Mapping[str, Any],
-        now: datetime,
-    ) -> Outcome:
+    def _send_ready(self, ready: Ready) -> Outcome:
         try:
-            return self._send_checked(msg, recipient, supp, campaigns, now)
+            return self._send(ready)
         except Exception as exc:  # a bug for one message must not strand the batch
             log.exception(
-                "dispatch crashed", extra={"event": "dispatch_error", "message_id": msg.id}
+                "dispatch crashed", extra={"event": "dispatch_error", "message_id": ready.msg.id}
             )
-            return Outcome(msg, "failed", {"error": f"internal error: {type(exc).__name__}"})
+            return Outcome(ready.msg, "failed", {"error": f"internal error: {type(exc).__name__}"})
 
-    def _send_checked(
-        self,
-        msg: Claimed,
-        recipient: Recipient | None,
-        supp: Suppressions,
-        campaigns: Mapping[str, Any],
-        now: datetime,
-    ) -> Outcome:
-        if self.stop.is_set():
-            return Outcome(msg, "released")
-        if recipient is None:
-            return Outcome(msg, "cancelled", {"error": "customer no longer exists"})
-        campaign = campaigns.get(msg.campaign)
-        if campaign is None:
-            return Outcome(msg, "cancelled", {"error": "campaign no longer exists or is invalid"})
-        address, reason = reachability(recipient, msg.channel, self.config)
-        if reason is None and address and supp.blocks(msg.channel, address, recipient.customer_id):
-            reason = "suppressed"
-        if reason is not None or not address:
-            return Outcome(msg, "cancelled", {"error": f"at send time: {reason}"})
-        try:
-            outgoing = self._render(msg, campaign, recipient, address, now)
-        except EngageError as exc:
-            return Outcome(msg, "render_error", {"error": str(exc), "address": address})
-        if not self.buckets[msg.channel].acquire(self.stop):
+    def _send(self, ready: Ready) -> Outcome:
+        msg, outgoing = ready.msg, ready.outgoing
+        address = outgoing.to
+        if self.stop.is_set() or not self.buckets[msg.channel].acquire(self.stop):
             return Outcome(msg, "released")
         channel = self.channels[msg.channel]
         try:
@@ -449,7 +510,7 @@ class Dispatcher:
             if exc.suppress_reason:
                 source = f"provider:{channel.provider}"
                 reason = exc.suppress_reason
-                suppress = (msg.channel, address, recipient.customer_id, reason, source)
+                suppress = (msg.channel, address, msg.customer_id, reason, source)
             return Outcome(msg, "failed", {"error": _describe(exc), "address": address}, suppress)
         except SendError as exc:
             return Outcome(msg, "failed", {"error": _describe(exc), "address": address})
@@ -462,28 +523,6 @@ class Dispatcher:
                 "provider_id": result.provider_id,
                 "sent_at": utcnow(),
             },
-        )
-
-    def _render(
-        self, msg: Claimed, campaign: Any, recipient: Recipient, address: str, now: datetime
-    ) -> Outgoing:
-        if msg.channel == "email":
-            email = self.renderer.render_email(
-                msg.template, campaign, recipient, now, message_ref=str(msg.id)
-            )
-            return Outgoing(
-                message_id=msg.id,
-                channel="email",
-                to=address,
-                campaign=msg.campaign,
-                subject=email.subject,
-                html=email.html,
-                text=email.text,
-                headers=dict(email.headers),
-            )
-        sms = self.renderer.render_sms(msg.template, campaign, recipient, now)
-        return Outgoing(
-            message_id=msg.id, channel="sms", to=address, campaign=msg.campaign, text=sms.body
         )
 
     def _transient(self, msg: Claimed, exc: TransientSendError) -> Outcome:
@@ -503,6 +542,7 @@ def _describe(exc: SendError) -> str:
 
 
 __all__ = [
+    "Claimed",
     "Dispatcher",
     "DispatchStats",
     "Outcome",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from email import policy
@@ -295,16 +296,33 @@ def test_lease_expiry_makes_unknown_and_requeue_is_explicit(engine: Engine, tmp_
 
 
 def test_stop_releases_claimed_messages_unsent(engine: Engine, tmp_path: Path) -> None:
-    config = make_config(tmp_path)
-    mid = add_message(engine, add_customer(engine, "kim"))
+    """Stop arrives mid-batch: what is claimed but not yet handed to a provider
+    goes back to ``planned`` with its attempt undone; nothing more is claimed."""
+    config = make_config(tmp_path, dispatch={"workers": 1, "batch_size": 2})
+    ids = [add_message(engine, add_customer(engine, f"kim{n}")) for n in range(4)]
     stop = threading.Event()
-    stop.set()
-    d = dispatcher(engine, config, stop=stop)
-    assert d.dispatch_batch(NOW).outcomes == {"released": 1}
+    channels = build_channels(config)
+    send = channels["email"].send
+
+    def send_then_stop(message):  # type: ignore[no-untyped-def]
+        stop.set()
+        return send(message)
+
+    channels["email"].send = send_then_stop  # type: ignore[method-assign]
+    d = Dispatcher(engine, config, channels, Renderer(config), lambda: CAMPAIGNS, stop=stop)
+    stats = d.run_once(NOW)
     d.close()
+    assert stats.outcomes == {"sent": 1, "released": 1}
     with engine.connect() as conn:
-        row = conn.execute(select(Message).where(Message.id == mid)).one()
-    assert (row.status, row.attempts, row.lease_owner) == ("planned", 0, None)
+        rows = {r.id: r for r in conn.execute(select(Message))}
+    assert rows[ids[0]].status == "sent"
+    assert (rows[ids[1]].status, rows[ids[1]].attempts, rows[ids[1]].lease_owner) == (
+        "planned",
+        0,
+        None,
+    )
+    assert {rows[i].status for i in ids[2:]} == {"planned"}  # never claimed
+    assert {rows[i].attempts for i in ids[2:]} == {0}
 
 
 @given(
@@ -375,3 +393,70 @@ def test_claim_takes_at_most_its_limit(engine: Engine) -> None:
     with engine.connect() as conn:
         owners = [r.lease_owner for r in conn.execute(select(Message).order_by(Message.id))]
     assert owners == ["w1"] * 10 + ["w2"] * 10 + [None] * 10
+
+
+def test_backlog_is_prepared_by_a_helper_process(
+    engine: Engine, tmp_path: Path, sendgrid: FakeSendGrid, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A full batch starts the helper process; it loads, checks and renders with
+    the current templates (reloads included), and every message is sent once."""
+    config = sg_config(tmp_path, sendgrid, batch_size=50)
+    ids = [add_message(engine, add_customer(engine, f"cust{n:03d}")) for n in range(120)]
+    # opted out after planning: cancelled by the helper's send-time checks
+    add_message(engine, add_customer(engine, "gone", email_opt_in=False))
+    renderer = Renderer(config)
+    d = Dispatcher(engine, config, build_channels(config), renderer, lambda: CAMPAIGNS)
+    with caplog.at_level("INFO", logger="engage.dispatch"):
+        stats = d.run_once(NOW)
+    assert [r for r in caplog.records if getattr(r, "event", "") == "dispatch_helper_started"]
+    assert stats.outcomes == {"sent": 120, "cancelled": 1}
+    bodies = {r.body["custom_args"]["engage_message_id"]: r.body for r in sendgrid.requests}
+    assert sorted(bodies) == sorted(str(i) for i in ids)  # each once
+    assert "Cust007" in bodies[str(ids[7])]["content"][1]["value"]
+    assert bodies[str(ids[7])]["headers"]["List-Unsubscribe"].startswith("<https://engage.shop")
+
+    # Batches are prepared here until the helper is up; wait for it.
+    helper = d._helper
+    assert helper is not None
+    deadline = time.monotonic() + 60
+    while not helper.ready and time.monotonic() < deadline:
+        time.sleep(0.05)
+    # A template edit that the dispatcher's renderer accepts reaches the helper.
+    subject = tmp_path / "templates" / "winback" / "subject.j2"
+    subject.write_text("Fresh subject for {{ customer.name }}\n")
+    renderer.reload(CAMPAIGNS.values())
+    before = d.helper_prepared
+    more = [add_message(engine, add_customer(engine, f"late{n:03d}")) for n in range(50)]
+    assert d.run_once(NOW).outcomes == {"sent": 50}
+    d.close()
+    assert d.helper_prepared == before + 50
+    late = [r.body for r in sendgrid.requests[-50:]]
+    assert {b["custom_args"]["engage_message_id"] for b in late} == {str(i) for i in more}
+    assert late[0]["subject"].startswith("Fresh subject for Late")
+    with engine.connect() as conn:
+        assert {r.status for r in conn.execute(select(Message)) if r.customer_id != "gone"} == {
+            "sent"
+        }
+
+
+def test_batch_the_helper_failed_is_prepared_here(engine: Engine, tmp_path: Path) -> None:
+    """If the helper process dies, its batch is prepared in this process instead
+    and no further helper is started; nothing is lost or sent twice."""
+    from concurrent.futures import Future
+
+    from engage.dispatch import _Inbox
+
+    config = make_config(tmp_path)
+    mid = add_message(engine, add_customer(engine, "kim"))
+    d = dispatcher(engine, config)
+    claimed = claim(engine, d.owner, NOW, 10, timedelta(minutes=5))
+    broken: Future = Future()
+    broken.set_exception(RuntimeError("helper died"))
+    inbox = _Inbox()
+    d._hand_out(claimed, CAMPAIGNS, NOW, inbox, broken)
+    outcomes = inbox.take(1, 10)
+    d._record(outcomes)
+    d.close()
+    assert [o.status for o in outcomes] == ["sent"]
+    assert d._helper_url is None  # no new helper after a failure
+    assert statuses(engine)[mid][0] == "sent"

@@ -166,18 +166,21 @@ class SendGridEmailChannel:
     def __repr__(self) -> str:  # never show the key
         return f"<SendGridEmailChannel host={self._host!r}>"
 
-    def _client(self) -> SendGridAPIClient:
-        client = getattr(self._local, "client", None)
-        if client is None:
+    def _endpoint(self) -> Any:
+        """This thread's ``client.mail.send``. Built once: each attribute of the
+        SDK's chain constructs a new ``Client``, and the endpoint holds no state
+        between calls (its headers are fixed here, before the first request)."""
+        endpoint = getattr(self._local, "endpoint", None)
+        if endpoint is None:
             client = SendGridAPIClient(self._api_key, host=self._host)
             # Set once so the SDK's setdefault() never mutates the dict mid-request.
             client.client.request_headers["Content-Type"] = "application/json"
-            self._local.client = client
-        return client
+            endpoint = self._local.endpoint = client.client.mail.send
+        return endpoint
 
     def send(self, message: Outgoing) -> SendResult:
         payload = build_mail_payload(message, self.settings)
-        endpoint = self._client().client.mail.send
+        endpoint = self._endpoint()
         try:
             response = endpoint.post(request_body=payload, timeout=self.settings.timeout)
         except (HTTPError, OSError, http.client.HTTPException) as exc:

@@ -105,6 +105,7 @@ class Renderer:
         )
         self._lock = threading.Lock()
         self._snap = self._fresh_snapshot()
+        self.generation = 0  # bumped whenever reload() switches snapshots
 
     # -- snapshots --------------------------------------------------------
     def _fresh_snapshot(self) -> Snapshot:
@@ -140,6 +141,7 @@ class Renderer:
             problems = check_snapshot(self, snap, campaigns, now=now)
             if not any(p.severity == "error" for p in problems):
                 self._snap = snap
+                self.generation += 1
             return problems
 
     def check(
