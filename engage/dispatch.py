@@ -32,6 +32,7 @@ from .config import Config
 from .db.models import Message
 from .errors import PermanentSendError, SendError, TransientSendError
 from .prepare import Claimed, Helper, Outcome, Ready, helper_url, prepare
+from .templating.renderer import Renderer
 from .timeutil import utcnow
 
 log = logging.getLogger(__name__)
@@ -273,7 +274,7 @@ class Dispatcher:
         engine: Engine,
         config: Config,
         channels: Mapping[str, Channel],
-        renderer: Any,
+        renderer: Renderer,
         campaigns: Callable[[], Mapping[str, Any]],
         *,
         owner: str | None = None,
@@ -320,8 +321,8 @@ class Dispatcher:
         A pipeline, not batch after batch: the next batch is claimed and its
         recipients loaded while the previous one is still being sent, so the
         worker pool never idles on the database, and outcomes are written in
-        chunks as they arrive. At most ``batch_size`` plus half a batch is
-        claimed at any moment. ``now`` (default: the wall clock at each claim)
+        chunks as they arrive. At most about one and a half batches are claimed
+        and unsent at any moment. ``now`` (default: the wall clock at each claim)
         decides what is due; ``tally`` is updated as outcomes are recorded.
         """
         cfg = self.config.dispatch
@@ -365,6 +366,7 @@ class Dispatcher:
         """Claim one batch and get it prepared (here, or by the helper process while
         there is a backlog); each prepared message then goes to the send pool."""
         cfg = self.config.dispatch
+        campaigns = self.campaigns()
         claimed = claim(
             self.engine,
             self.owner,
@@ -376,13 +378,18 @@ class Dispatcher:
         )
         if not claimed:
             return 0
-        campaigns = self.campaigns()
         helper = self._helper_for(len(claimed))
-        if helper is None:
+        future = None
+        if helper is not None:
+            try:
+                future = helper.submit(claimed, campaigns, now, self.renderer.generation)
+            except Exception as exc:  # the helper broke between batches
+                future = Future()
+                future.set_exception(exc)
+        if future is None:
             self._hand_out(claimed, campaigns, now, inbox, None)
         else:
-            generation = getattr(self.renderer, "generation", 0)
-            helper.submit(claimed, campaigns, now, generation).add_done_callback(
+            future.add_done_callback(
                 lambda done: self._hand_out(claimed, campaigns, now, inbox, done)
             )
         return len(claimed)
@@ -400,13 +407,11 @@ class Dispatcher:
                     extra={"event": "dispatch_helper_started"},
                 )
         helper = self._helper
-        if helper is not None and helper.failed:
-            log.warning(
-                "dispatch helper failed to start", extra={"event": "dispatch_helper_failed"}
-            )
+        if helper is not None and (helper.failed or self._helper_url is None):
+            log.warning("dispatch helper stopped", extra={"event": "dispatch_helper_failed"})
             helper.close()
             self._helper = helper = None
-            self._helper_url = None
+            self._helper_url = None  # prepare here from now on
         return helper if helper is not None and helper.ready else None
 
     def _hand_out(
@@ -421,14 +426,14 @@ class Dispatcher:
         the send pool. If the helper failed, prepare here instead; if that fails
         too, give the whole batch back and stop claiming."""
         try:
-            if done is None or done.exception() is not None:
+            if done is None or done.cancelled() or done.exception() is not None:
                 if done is not None:
                     log.warning(
                         "dispatch helper failed; preparing in this process",
-                        exc_info=done.exception(),
+                        exc_info=None if done.cancelled() else done.exception(),
                         extra={"event": "dispatch_helper_failed"},
                     )
-                    self._helper_url = None  # do not start another one
+                    self._helper_url = None  # retire it, start no other
                 items = prepare(self.engine, self.config, self.renderer, claimed, campaigns, now)
             else:
                 items = done.result()

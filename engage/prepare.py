@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import signal
+import threading
+import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -143,22 +146,33 @@ def _prepare_one(
 
 
 # -- the helper process ------------------------------------------------------------------
+PARENT_CHECK_SECONDS = 0.5
 _state: dict[str, Any] = {}  # in the helper: its engine, config, renderer and generation
 
 
 def _helper_start(config: Config, db_url: str) -> None:
     from .db.session import make_engine
 
-    # The dispatcher decides when to stop; if it dies, the helper sees its pipe close.
+    # The dispatcher decides when to stop. If it dies (SIGKILL, os._exit), the
+    # helper must not linger: its own copy of the task queue keeps the pipe
+    # open, so it watches for being re-parented instead.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    parent = os.getppid()
+    threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
     _state.update(
         engine=make_engine(db_url), config=config, renderer=Renderer(config), generation=0
     )
 
 
-def _helper_ping() -> bool:
-    return True
+def _exit_with(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(PARENT_CHECK_SECONDS)
+    os._exit(0)
+
+
+def _helper_ping() -> int:
+    return os.getpid()
 
 
 def _helper_prepare(
@@ -195,6 +209,11 @@ class Helper:
     @property
     def ready(self) -> bool:
         return self._started.done() and self._started.exception() is None
+
+    @property
+    def pid(self) -> int | None:
+        """The helper's process id once it is up."""
+        return self._started.result() if self.ready else None
 
     @property
     def failed(self) -> bool:

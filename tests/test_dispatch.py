@@ -460,3 +460,52 @@ def test_batch_the_helper_failed_is_prepared_here(engine: Engine, tmp_path: Path
     assert [o.status for o in outcomes] == ["sent"]
     assert d._helper_url is None  # no new helper after a failure
     assert statuses(engine)[mid][0] == "sent"
+
+
+HELPER_HOST = """
+import sys, time
+from engage.config import Config
+from engage.prepare import Helper
+config = Config.model_validate({"templates_dir": sys.argv[2],
+                                "secrets": {"ENGAGE_SECRET_KEY": "x" * 32}})
+helper = Helper(config, sys.argv[1])
+while not helper.ready:
+    time.sleep(0.05)
+print(helper.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_helper_exits_when_its_dispatcher_is_killed(tmp_path: Path) -> None:
+    """SIGKILL leaves no cleanup to the dispatcher: the helper must notice and go."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from .helpers import ROOT
+
+    with subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            HELPER_HOST,
+            f"sqlite:///{tmp_path / 'x.db'}",
+            str(ROOT / "templates"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as host:
+        assert host.stdout is not None
+        helper_pid = int(host.stdout.readline())
+        os.kill(host.pid, signal.SIGKILL)
+        host.wait(10)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(helper_pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    os.kill(helper_pid, signal.SIGKILL)
+    pytest.fail("the helper outlived its dispatcher")
