@@ -150,7 +150,7 @@ PARENT_CHECK_SECONDS = 0.5
 _state: dict[str, Any] = {}  # in the helper: its engine, config, renderer and generation
 
 
-def _helper_start(config: Config, db_url: str) -> None:
+def _helper_start(config: Config, db_url: str, parent: int) -> None:
     from .db.session import make_engine
 
     # The dispatcher decides when to stop. If it dies (SIGKILL, os._exit), the
@@ -158,7 +158,7 @@ def _helper_start(config: Config, db_url: str) -> None:
     # open, so it watches for being re-parented instead.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    parent = os.getppid()
+    # ``parent`` comes from the dispatcher: it may already be gone by now.
     threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
     _state.update(
         engine=make_engine(db_url), config=config, renderer=Renderer(config), generation=0
@@ -200,7 +200,7 @@ class Helper:
             max_workers=1,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_helper_start,
-            initargs=(config, db_url),
+            initargs=(config, db_url, os.getpid()),
         )
         # Starting takes a second (imports, templates); batches are prepared
         # in-process until this has come back.

@@ -469,15 +469,33 @@ from engage.prepare import Helper
 config = Config.model_validate({"templates_dir": sys.argv[2],
                                 "secrets": {"ENGAGE_SECRET_KEY": "x" * 32}})
 helper = Helper(config, sys.argv[1])
-while not helper.ready:
+while sys.argv[3] == "ready" and not helper.ready:
     time.sleep(0.05)
-print(helper.pid, flush=True)
+print("up", flush=True)
 time.sleep(600)
 """
 
 
-def test_helper_exits_when_its_dispatcher_is_killed(tmp_path: Path) -> None:
-    """SIGKILL leaves no cleanup to the dispatcher: the helper must notice and go."""
+def _spawned_children(pid: int) -> list[int]:
+    """Processes started by ``pid`` through multiprocessing's spawn."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"multiprocessing-fork" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.parametrize("when", ["starting", "ready"])
+def test_helper_exits_when_its_dispatcher_is_killed(tmp_path: Path, when: str) -> None:
+    """SIGKILL leaves no cleanup to the dispatcher: the helper must notice and go,
+    also when the dispatcher dies while the helper is still starting up."""
     import os
     import signal
     import subprocess
@@ -492,20 +510,23 @@ def test_helper_exits_when_its_dispatcher_is_killed(tmp_path: Path) -> None:
             HELPER_HOST,
             f"sqlite:///{tmp_path / 'x.db'}",
             str(ROOT / "templates"),
+            when,
         ],
         stdout=subprocess.PIPE,
         text=True,
     ) as host:
         assert host.stdout is not None
-        helper_pid = int(host.stdout.readline())
+        assert host.stdout.readline().strip() == "up"
+        helpers = _spawned_children(host.pid)
         os.kill(host.pid, signal.SIGKILL)
         host.wait(10)
-    deadline = time.monotonic() + 10
+    assert len(helpers) == 1
+    deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         try:
-            os.kill(helper_pid, 0)
+            os.kill(helpers[0], 0)
         except ProcessLookupError:
             return
         time.sleep(0.1)
-    os.kill(helper_pid, signal.SIGKILL)
+    os.kill(helpers[0], signal.SIGKILL)
     pytest.fail("the helper outlived its dispatcher")
