@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import random
 import socket
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import lru_cache
@@ -294,16 +295,25 @@ class Dispatcher:
             "email": TokenBucket(d.sendgrid.rate_per_second if d.email == "sendgrid" else 1000.0),
             "sms": TokenBucket(d.twilio.rate_per_second if d.sms == "twilio" else 1000.0),
         }
-        self.pool = ThreadPoolExecutor(
-            max_workers=config.dispatch.workers, thread_name_prefix="engage-send"
-        )
+        # The send pool: ``workers`` threads taking (message, inbox) pairs; a
+        # plain queue, since nobody waits on a single send's future.
+        self._sends: queue.SimpleQueue[tuple[Ready, _Inbox] | None] = queue.SimpleQueue()
+        self._threads = [
+            threading.Thread(target=self._send_loop, name=f"engage-send-{n}", daemon=True)
+            for n in range(config.dispatch.workers)
+        ]
+        for thread in self._threads:
+            thread.start()
         self._helper: Helper | None = None
         self._helper_url = helper_url(engine) if config.dispatch.helper_process else None
         self._failure: BaseException | None = None  # a batch that could not be prepared
         self.helper_prepared = 0  # messages prepared by the helper process so far
 
     def close(self) -> None:
-        self.pool.shutdown(wait=True)
+        for _ in self._threads:
+            self._sends.put(None)
+        for thread in self._threads:
+            thread.join()
         if self._helper is not None:
             self._helper.close()
             self._helper = None
@@ -446,12 +456,14 @@ class Dispatcher:
             return
         for item in items:
             if isinstance(item, Ready):
-                self.pool.submit(self._send_into, item, inbox)
+                self._sends.put((item, inbox))
             else:
                 inbox.put(item)
 
-    def _send_into(self, ready: Ready, inbox: _Inbox) -> None:
-        inbox.put(self._send_ready(ready))
+    def _send_loop(self) -> None:
+        while (work := self._sends.get()) is not None:
+            ready, inbox = work
+            inbox.put(self._send_ready(ready))
 
     def _record_into(
         self, outcomes: Sequence[Outcome], stats: DispatchStats, tally: Counter[str] | None
