@@ -159,7 +159,15 @@ def claim(
             attempts=M.c.attempts + 1,
             updated_at=wall_now,
         )
-        .returning(M.c.id, M.c.campaign, M.c.customer_id, M.c.channel, M.c.template, M.c.attempts)
+        .returning(
+            M.c.id,
+            M.c.campaign,
+            M.c.customer_id,
+            M.c.channel,
+            M.c.template,
+            M.c.attempts,
+            M.c.lease_expires_at,
+        )
     )
     with engine.begin() as conn:
         rows = conn.execute(stmt).all()
@@ -308,15 +316,30 @@ class Dispatcher:
         self._helper_url = helper_url(engine) if config.dispatch.helper_process else None
         self._failure: BaseException | None = None  # a batch that could not be prepared
         self.helper_prepared = 0  # messages prepared by the helper process so far
+        self._margin = config.dispatch.lease / 4  # of the lease left to start a send
 
     def close(self) -> None:
+        if self._helper is not None:
+            self._helper.close()
+            self._helper = None
+        # Only an aborted run_once leaves sends queued: give them back unsent.
+        left: list[Outcome] = []
+        while True:
+            try:
+                work = self._sends.get_nowait()
+            except queue.Empty:
+                break
+            if work is not None:
+                left.append(Outcome(work[0].msg, "released"))
+        if left:
+            try:
+                self._record(left)
+            except Exception:  # their leases run out: unknown, never resent
+                log.exception("cannot release unsent messages", extra={"event": "dispatch_error"})
         for _ in self._threads:
             self._sends.put(None)
         for thread in self._threads:
             thread.join()
-        if self._helper is not None:
-            self._helper.close()
-            self._helper = None
 
     # -- sending -------------------------------------------------------------------------
     def run_once(
@@ -388,14 +411,14 @@ class Dispatcher:
         )
         if not claimed:
             return 0
-        helper = self._helper_for(len(claimed))
         future = None
-        if helper is not None:
-            try:
-                future = helper.submit(claimed, campaigns, now, self.renderer.generation)
-            except Exception as exc:  # the helper broke between batches
-                future = Future()
-                future.set_exception(exc)
+        try:
+            helper = self._helper_for(len(claimed))
+            if helper is not None:
+                future = helper.submit(claimed, campaigns, now, self.renderer.snapshot)
+        except Exception as exc:  # it cannot start, or broke between batches
+            future = Future()
+            future.set_exception(exc)
         if future is None:
             self._hand_out(claimed, campaigns, now, inbox, None)
         else:
@@ -409,9 +432,12 @@ class Dispatcher:
         batch (a backlog is worth a process; a handful of messages is not), and
         batches are prepared here until it has started."""
         cfg = self.config.dispatch
-        if self._helper is None and self._helper_url is not None:
+        url = self._helper_url  # once: the helper's callback thread may clear it
+        if self._helper is None and url is not None:
             if batch >= max(cfg.batch_size, HELPER_MIN_BATCH):
-                self._helper = Helper(self.config, self._helper_url)
+                self._helper_url = None  # if this raises, no second try
+                self._helper = Helper(self.config, url)
+                self._helper_url = url
                 log.info(
                     "backlog: preparing batches in a helper process",
                     extra={"event": "dispatch_helper_started"},
@@ -516,6 +542,11 @@ class Dispatcher:
         msg, outgoing = ready.msg, ready.outgoing
         address = outgoing.to
         if self.stop.is_set() or not self.buckets[msg.channel].acquire(self.stop):
+            return Outcome(msg, "released")
+        if msg.lease_expires_at is not None and utcnow() > msg.lease_expires_at - self._margin:
+            # Queued too long (rate limit, slow provider): its lease may run out
+            # mid-send and the row turn ``unknown``, which an operator could
+            # re-queue while this send goes on. Give it back instead.
             return Outcome(msg, "released")
         channel = self.channels[msg.channel]
         try:

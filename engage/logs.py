@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-__all__ = ["JsonFormatter", "TextFormatter", "mask_pii", "setup_logging"]
+__all__ = ["JsonFormatter", "TextFormatter", "inherit", "inherited", "mask_pii", "setup_logging"]
 
 _EMAIL = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)")
 _PHONE = re.compile(r"\+(\d)(\d{4,10})(\d{4})\b")
@@ -152,3 +152,23 @@ def setup_logging(
     for chatty in ("apscheduler", "alembic"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
     return handler
+
+
+def inherited() -> tuple[logging.Formatter | None, int]:
+    """What a child process needs to log like this one: the formatter
+    ``setup_logging`` installed (None if it was not called) and the root level."""
+    root = logging.getLogger()
+    for handler in root.handlers:
+        if isinstance(handler.formatter, _Base):
+            return handler.formatter, root.level
+    return None, root.level
+
+
+def inherit(formatter: logging.Formatter | None, level: int) -> None:
+    """In a child process: log to stderr as the parent does (see ``inherited``)."""
+    root = logging.getLogger()
+    root.setLevel(level)
+    if formatter is not None:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(formatter)
+        root.addHandler(handler)

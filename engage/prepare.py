@@ -25,14 +25,14 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from . import suppressions
+from . import logs, suppressions
 from .channels.base import Outgoing
 from .config import Config
 from .errors import EngageError
 from .policy import Suppressions, reachability
 from .recipients import Recipient, load_recipients
 from .templating.context import CampaignInfo
-from .templating.renderer import Renderer
+from .templating.renderer import Renderer, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ class Claimed:
     channel: str
     template: str
     attempts: int
+    lease_expires_at: datetime | None = None  # wall clock
 
 
 @dataclass
@@ -150,19 +151,20 @@ PARENT_CHECK_SECONDS = 0.5
 _state: dict[str, Any] = {}  # in the helper: its engine, config, renderer and generation
 
 
-def _helper_start(config: Config, db_url: str, parent: int) -> None:
+def _helper_start(
+    config: Config, db_url: str, parent: int, log_as: tuple[logging.Formatter | None, int]
+) -> None:
     from .db.session import make_engine
+
+    logs.inherit(*log_as)  # masked, JSON or text, like the dispatcher's own log
 
     # The dispatcher decides when to stop. If it dies (SIGKILL, os._exit), the
     # helper must not linger: its own copy of the task queue keeps the pipe
-    # open, so it watches for being re-parented instead.
+    # open, so it watches the dispatcher's pid instead (which may be gone already).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    # ``parent`` comes from the dispatcher: it may already be gone by now.
     threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
-    _state.update(
-        engine=make_engine(db_url), config=config, renderer=Renderer(config), generation=0
-    )
+    _state.update(engine=make_engine(db_url), config=config)
 
 
 def _exit_with(parent: int) -> None:
@@ -179,20 +181,19 @@ def _helper_prepare(
     claimed: Sequence[Claimed],
     campaigns: Mapping[str, CampaignInfo],
     now: datetime,
-    generation: int,
+    sources: Mapping[str, str] | None,
 ) -> list[Ready | Outcome]:
-    if generation != _state["generation"]:  # the dispatcher's templates were reloaded
-        _state["renderer"] = Renderer(_state["config"])
-        _state["generation"] = generation
+    if sources is not None:  # the dispatcher's templates, as last checked
+        _state["renderer"] = Renderer(_state["config"], sources=sources)
     return prepare(_state["engine"], _state["config"], _state["renderer"], claimed, campaigns, now)
 
 
 class Helper:
     """One process that runs ``prepare`` for the dispatcher (see the module doc).
 
-    It re-reads the templates whenever the dispatcher's ``Renderer`` switched
-    to a new snapshot (``generation``), so it renders what the dispatcher's
-    last successful reload checked, give or take an edit made in between.
+    It renders from the sources of the dispatcher's current template snapshot,
+    sent along whenever that snapshot changes (a reload that passed its checks),
+    never from the disk: what it renders is exactly what the dispatcher checked.
     """
 
     def __init__(self, config: Config, db_url: str) -> None:
@@ -200,11 +201,12 @@ class Helper:
             max_workers=1,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_helper_start,
-            initargs=(config, db_url, os.getpid()),
+            initargs=(config, db_url, os.getpid(), logs.inherited()),
         )
         # Starting takes a second (imports, templates); batches are prepared
         # in-process until this has come back.
         self._started = self._pool.submit(_helper_ping)
+        self._generation: int | None = None  # of the templates the helper has
 
     @property
     def ready(self) -> bool:
@@ -224,14 +226,19 @@ class Helper:
         claimed: Sequence[Claimed],
         campaigns: Mapping[str, Any],
         now: datetime,
-        generation: int,
+        templates: Snapshot,
     ) -> Future[list[Ready | Outcome]]:
+        """Prepare a batch; tasks run one at a time, in order, so templates sent
+        with one batch hold for the batches after it."""
         infos = {
             name: CampaignInfo.of(campaigns[name])
             for name in {c.campaign for c in claimed}
             if name in campaigns
         }
-        return self._pool.submit(_helper_prepare, list(claimed), infos, now, generation)
+        sources = None
+        if templates.generation != self._generation:
+            sources, self._generation = templates.sources, templates.generation
+        return self._pool.submit(_helper_prepare, list(claimed), infos, now, sources)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

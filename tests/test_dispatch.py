@@ -6,6 +6,7 @@ import random
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import timedelta
 from email import policy
 from email.parser import BytesParser
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine, select, update
 
 from engage.channels import build_channels
+from engage.channels.base import Outgoing
 from engage.config import Config
 from engage.db.models import Customer, Message, Suppression
 from engage.dispatch import Dispatcher, TokenBucket, backoff_delay, claim, expire_leases, requeue
@@ -428,9 +430,16 @@ def test_backlog_is_prepared_by_a_helper_process(
     before = d.helper_prepared
     more = [add_message(engine, add_customer(engine, f"late{n:03d}")) for n in range(50)]
     assert d.run_once(NOW).outcomes == {"sent": 50}
-    d.close()
     assert d.helper_prepared == before + 50
-    late = [r.body for r in sendgrid.requests[-50:]]
+    # An edit nobody checked (no reload): the helper keeps the checked version.
+    subject.write_text("Unchecked {{ customer.name \n")
+    last = [add_message(engine, add_customer(engine, f"last{n:03d}")) for n in range(50)]
+    assert d.run_once(NOW).outcomes == {"sent": 50}
+    d.close()
+    assert d.helper_prepared == before + 100
+    assert sendgrid.requests[-1].body["subject"].startswith("Fresh subject for Last")
+    more += last
+    late = [r.body for r in sendgrid.requests[-100:]]
     assert {b["custom_args"]["engage_message_id"] for b in late} == {str(i) for i in more}
     assert late[0]["subject"].startswith("Fresh subject for Late")
     with engine.connect() as conn:
@@ -445,11 +454,12 @@ def test_batch_the_helper_failed_is_prepared_here(engine: Engine, tmp_path: Path
     from concurrent.futures import Future
 
     from engage.dispatch import _Inbox
+    from engage.timeutil import utcnow
 
     config = make_config(tmp_path)
     mid = add_message(engine, add_customer(engine, "kim"))
     d = dispatcher(engine, config)
-    claimed = claim(engine, d.owner, NOW, 10, timedelta(minutes=5))
+    claimed = claim(engine, d.owner, NOW, 10, timedelta(minutes=5), wall_now=utcnow())
     broken: Future = Future()
     broken.set_exception(RuntimeError("helper died"))
     inbox = _Inbox()
@@ -530,3 +540,31 @@ def test_helper_exits_when_its_dispatcher_is_killed(tmp_path: Path, when: str) -
         time.sleep(0.1)
     os.kill(helpers[0], signal.SIGKILL)
     pytest.fail("the helper outlived its dispatcher")
+
+
+def test_send_whose_lease_is_nearly_over_is_given_back(engine: Engine, tmp_path: Path) -> None:
+    """A message that waited in the queue until little of its lease is left is
+    released, not sent: its row could turn ``unknown`` (and be re-queued by an
+    operator) while the provider call is still going on."""
+    from engage.prepare import Ready
+    from engage.timeutil import utcnow
+
+    config = make_config(tmp_path, dispatch={"lease": "40s"})  # margin: 10 s
+    mid = add_message(engine, add_customer(engine, "kim"))
+    d = dispatcher(engine, config)
+    [msg] = claim(engine, d.owner, NOW, 10, timedelta(seconds=40), wall_now=utcnow())
+    assert msg.lease_expires_at is not None
+    outgoing = Outgoing(
+        message_id=mid,
+        channel="email",
+        to="kim@example.com",
+        campaign="winback-30d",
+        subject="Hi",
+        html="<p>Hi</p>",
+        text="Hi",
+    )
+    late = replace(msg, lease_expires_at=utcnow() + timedelta(seconds=5))
+    assert d._send_ready(Ready(late, outgoing)).status == "released"
+    assert d._send_ready(Ready(msg, outgoing)).status == "sent"
+    d.close()
+    assert list((tmp_path / "outbox").glob("*.eml"))  # the one with time left went out

@@ -11,6 +11,7 @@ not, on purpose: escaping there would put ``&amp;`` into a subject line.
 from __future__ import annotations
 
 import traceback
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from datetime import date, datetime, tzinfo
 from decimal import Decimal, InvalidOperation
@@ -64,14 +65,24 @@ class ConfinedLoader(FileSystemLoader):
     the templates folder would still reach any file the process can read.
     """
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, sources: Mapping[str, str] | None = None):
         super().__init__(str(root), encoding="utf-8")
         self.root = root.resolve()
+        # Every source it has served, so a snapshot can be rebuilt elsewhere
+        # (the dispatcher's helper process) from exactly what was checked. Given
+        # ``sources``, it serves those and never reads the disk.
+        self.sources: dict[str, str] = dict(sources) if sources is not None else {}
+        self._fixed = sources is not None
 
     def get_source(self, environment: Any, template: str) -> Any:
+        if self._fixed:
+            if template not in self.sources:
+                raise TemplateNotFound(template)
+            return self.sources[template], str(self.root / template), lambda: True
         source, filename, uptodate = super().get_source(environment, template)
         if filename is None or not Path(filename).resolve().is_relative_to(self.root):
             raise TemplateNotFound(template)
+        self.sources[template] = source
         return source, filename, uptodate
 
 
@@ -303,9 +314,11 @@ class EngageSandbox(ImmutableSandboxedEnvironment):
         return super().getattr(obj, attribute)
 
 
-def make_environment(root: Path) -> ImmutableSandboxedEnvironment:
+def make_environment(
+    root: Path, sources: Mapping[str, str] | None = None
+) -> ImmutableSandboxedEnvironment:
     env = EngageSandbox(
-        loader=ConfinedLoader(root),
+        loader=ConfinedLoader(root, sources),
         autoescape=autoescape_for,
         undefined=StrictUndefined,
         auto_reload=False,  # Renderer.reload() swaps in a fresh, checked environment

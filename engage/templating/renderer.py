@@ -12,8 +12,8 @@ from __future__ import annotations
 import os
 import re
 import threading
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -59,6 +59,12 @@ class Snapshot:
 
     env: ImmutableSandboxedEnvironment
     files: frozenset[str]  # posix names relative to the templates root
+    generation: int = 0  # bumped by each reload that switched to a new snapshot
+
+    @property
+    def sources(self) -> dict[str, str]:
+        """Name -> source of every template read into this snapshot."""
+        return dict(self.env.loader.sources)  # type: ignore[union-attr]
 
     def folders(self) -> dict[str, frozenset[str]]:
         """Template folder -> channels it can render (``email``, ``sms``)."""
@@ -96,21 +102,32 @@ def available_templates(config: Config) -> dict[str, frozenset[str]]:
 class Renderer:
     """Sandboxed rendering of campaign templates (SPEC §4); thread-safe."""
 
-    def __init__(self, config: Config, *, secret_key: str | None = None):
+    def __init__(
+        self,
+        config: Config,
+        *,
+        secret_key: str | None = None,
+        sources: Mapping[str, str] | None = None,
+    ):
+        """``sources`` (name -> text) stands in for the templates folder: a copy
+        of another Renderer's snapshot (see ``Snapshot.sources``)."""
         self.config = config
         self.root = config.templates_path
         self.shown_root = Path(config.templates_dir).as_posix().rstrip("/") or "templates"
         self._secret = (
             secret_key if secret_key is not None else config.secrets.get("ENGAGE_SECRET_KEY")
         )
+        self._sources = sources
         self._lock = threading.Lock()
         self._snap = self._fresh_snapshot()
-        self.generation = 0  # bumped whenever reload() switches snapshots
 
     # -- snapshots --------------------------------------------------------
     def _fresh_snapshot(self) -> Snapshot:
         """Read and compile every template now, so the snapshot is what is on disk now."""
-        snap = Snapshot(make_environment(self.root), scan_files(self.root))
+        if self._sources is not None:
+            snap = Snapshot(make_environment(self.root, self._sources), frozenset(self._sources))
+        else:
+            snap = Snapshot(make_environment(self.root), scan_files(self.root))
         for name in snap.files:
             try:
                 snap.env.get_template(name)
@@ -140,8 +157,7 @@ class Renderer:
             snap = self._fresh_snapshot()
             problems = check_snapshot(self, snap, campaigns, now=now)
             if not any(p.severity == "error" for p in problems):
-                self._snap = snap
-                self.generation += 1
+                self._snap = replace(snap, generation=self._snap.generation + 1)
             return problems
 
     def check(
