@@ -383,6 +383,8 @@ class Dispatcher:
                 if done:
                     in_flight -= len(done)
                     self._record_into(done, stats, tally)
+                    if any(o.status == "released" for o in done) and not self.stop.is_set():
+                        exhausted = False  # given back (lease nearly over): due again
         finally:
             # A failed claim or record must not strand what is already in flight.
             while in_flight > 0:
