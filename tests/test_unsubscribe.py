@@ -111,3 +111,29 @@ def test_unknown_channel_refused() -> None:
 
 def test_url_shape() -> None:
     assert unsubscribe_url("https://e.example.com/", "TOK") == "https://e.example.com/u/TOK"
+
+
+def test_tokens_are_stable_across_releases() -> None:
+    """Links already in customers' inboxes must keep working: the same key and
+    message give exactly the token earlier versions gave."""
+    from engage.unsubscribe import make_token
+
+    key = "a-secret-key-of-32-characters!!!"
+    assert make_token(key, "cust-0001", "email", "winback-30d") == (
+        "AQfFCrhU3Vre_SbBKC8d_bDpnlbt8nN__IkOaikwPfgeW_VhU2cMK7kNNmhm_Yo--4Kqxw"
+    )
+    assert make_token(key, "jane.doe@example.com", "sms", "points-expiring-with-a-long-name") == (
+        "AYD_g8z43wc3czQwQwScVVQHWaZyMXfwTrmQ5Z9WOC5S93W84nWVm-c_8EXL_zQikDCQMQd32M-"
+        "yTYU1Wy_atYuhx9xSCFBPYS8glsR1EdYNYCzs"
+    )
+
+
+@given(key=st.binary(max_size=200), message=st.binary(max_size=300))
+def test_precomputed_prf_is_hmac_sha256(key: bytes, message: bytes) -> None:
+    import hmac
+
+    from engage.unsubscribe import _Prf
+
+    prf = _Prf(key)
+    assert prf(message) == hmac.digest(key, message, "sha256")
+    assert prf(message) == prf(message)  # the keyed states are not consumed
