@@ -235,7 +235,10 @@ def cron_field(draw: st.DrawFn, kind: str) -> tuple[str, set[int]]:
             if kind == "dow" and b == 0:
                 b = a  # "sun-sun"
             step = draw(st.integers(1, 5)) if form == "range-step" else 1
-            items.append(f"{show(a)}-{show(b)}" + (f"/{step}" if form == "range-step" else ""))
+            # "0-sun" means Sunday only (a named Sunday is day 7 only when the
+            # range starts after Sunday), so the whole week from 0 is "0-7".
+            end = "7" if kind == "dow" and a == 0 and b == 7 else show(b)
+            items.append(f"{show(a)}-{end}" + (f"/{step}" if form == "range-step" else ""))
             values |= set(range(a, b + 1, step))
     if kind == "dow":
         values = {v % 7 for v in values}
