@@ -73,225 +73,46 @@ BONUS_SIZES = (50, 100, 100, 200, 250, 500)
 
 _NAMES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "en": (
-        (
-            "James",
-            "Olivia",
-            "Liam",
-            "Emma",
-            "Noah",
-            "Ava",
-            "Oliver",
-            "Sophia",
-            "Ethan",
-            "Isabella",
-            "Lucas",
-            "Mia",
-            "Mason",
-            "Charlotte",
-            "Jack",
-            "Amelia",
-            "Henry",
-            "Grace",
-        ),
-        (
-            "Smith",
-            "Johnson",
-            "Williams",
-            "Brown",
-            "Jones",
-            "Miller",
-            "Davis",
-            "Wilson",
-            "Taylor",
-            "Anderson",
-            "Moore",
-            "Clark",
-            "Walker",
-            "O'Brien",
-            "Campbell",
-            "Murphy",
-            "Evans",
-        ),
+        ("James", "Olivia", "Liam", "Emma", "Noah", "Ava", "Oliver", "Sophia", "Ethan",
+         "Isabella", "Lucas", "Mia", "Mason", "Charlotte", "Jack", "Amelia", "Henry", "Grace"),
+        ("Smith", "Johnson", "Williams", "Brown", "Jones", "Miller", "Davis", "Wilson", "Taylor",
+         "Anderson", "Moore", "Clark", "Walker", "O'Brien", "Campbell", "Murphy", "Evans"),
     ),
     "es": (
-        (
-            "Sofía",
-            "Mateo",
-            "Valentina",
-            "Santiago",
-            "Camila",
-            "Diego",
-            "Lucía",
-            "Alejandro",
-            "Martina",
-            "Javier",
-            "Elena",
-            "Carlos",
-        ),
-        (
-            "García",
-            "Martínez",
-            "Rodríguez",
-            "López",
-            "Hernández",
-            "González",
-            "Pérez",
-            "Sánchez",
-            "Ramírez",
-            "Torres",
-            "Flores",
-            "Navarro",
-        ),
+        ("Sofía", "Mateo", "Valentina", "Santiago", "Camila", "Diego", "Lucía", "Alejandro",
+         "Martina", "Javier", "Elena", "Carlos"),
+        ("García", "Martínez", "Rodríguez", "López", "Hernández", "González", "Pérez",
+         "Sánchez", "Ramírez", "Torres", "Flores", "Navarro"),
     ),
     "fr": (
-        (
-            "Léa",
-            "Hugo",
-            "Chloé",
-            "Louis",
-            "Manon",
-            "Gabriel",
-            "Camille",
-            "Arthur",
-            "Inès",
-            "Jules",
-            "Zoé",
-            "Raphaël",
-        ),
-        (
-            "Martin",
-            "Bernard",
-            "Dubois",
-            "Thomas",
-            "Robert",
-            "Richard",
-            "Petit",
-            "Durand",
-            "Leroy",
-            "Moreau",
-            "Lefèvre",
-            "Girard",
-        ),
+        ("Léa", "Hugo", "Chloé", "Louis", "Manon", "Gabriel", "Camille", "Arthur", "Inès",
+         "Jules", "Zoé", "Raphaël"),
+        ("Martin", "Bernard", "Dubois", "Thomas", "Robert", "Richard", "Petit", "Durand",
+         "Leroy", "Moreau", "Lefèvre", "Girard"),
     ),
     "de": (
-        (
-            "Lukas",
-            "Mia",
-            "Leon",
-            "Hannah",
-            "Finn",
-            "Lena",
-            "Jonas",
-            "Emilia",
-            "Felix",
-            "Marie",
-            "Paul",
-            "Sophie",
-        ),
-        (
-            "Müller",
-            "Schmidt",
-            "Schneider",
-            "Fischer",
-            "Weber",
-            "Meyer",
-            "Wagner",
-            "Becker",
-            "Schulz",
-            "Hoffmann",
-            "Koch",
-            "Schäfer",
-        ),
+        ("Lukas", "Mia", "Leon", "Hannah", "Finn", "Lena", "Jonas", "Emilia", "Felix", "Marie",
+         "Paul", "Sophie"),
+        ("Müller", "Schmidt", "Schneider", "Fischer", "Weber", "Meyer", "Wagner", "Becker",
+         "Schulz", "Hoffmann", "Koch", "Schäfer"),
     ),
     "ja": (
-        (
-            "Haruto",
-            "Yui",
-            "Sota",
-            "Aoi",
-            "Ren",
-            "Hina",
-            "Yuto",
-            "Sakura",
-            "Riku",
-            "Mei",
-            "Kaito",
-            "Yuna",
-        ),
-        (
-            "Sato",
-            "Suzuki",
-            "Takahashi",
-            "Tanaka",
-            "Watanabe",
-            "Ito",
-            "Yamamoto",
-            "Nakamura",
-            "Kobayashi",
-            "Kato",
-            "Yoshida",
-            "Yamada",
-        ),
+        ("Haruto", "Yui", "Sota", "Aoi", "Ren", "Hina", "Yuto", "Sakura", "Riku", "Mei",
+         "Kaito", "Yuna"),
+        ("Sato", "Suzuki", "Takahashi", "Tanaka", "Watanabe", "Ito", "Yamamoto", "Nakamura",
+         "Kobayashi", "Kato", "Yoshida", "Yamada"),
     ),
     "pt": (
-        (
-            "Miguel",
-            "Helena",
-            "Arthur",
-            "Alice",
-            "Heitor",
-            "Laura",
-            "Davi",
-            "Manuela",
-            "Bernardo",
-            "Beatriz",
-            "Gustavo",
-            "Júlia",
-        ),
-        (
-            "Silva",
-            "Santos",
-            "Oliveira",
-            "Souza",
-            "Rodrigues",
-            "Ferreira",
-            "Alves",
-            "Pereira",
-            "Lima",
-            "Gomes",
-            "Costa",
-            "Araújo",
-        ),
+        ("Miguel", "Helena", "Arthur", "Alice", "Heitor", "Laura", "Davi", "Manuela",
+         "Bernardo", "Beatriz", "Gustavo", "Júlia"),
+        ("Silva", "Santos", "Oliveira", "Souza", "Rodrigues", "Ferreira", "Alves", "Pereira",
+         "Lima", "Gomes", "Costa", "Araújo"),
     ),
     "hi": (
-        (
-            "Aarav",
-            "Saanvi",
-            "Vivaan",
-            "Ananya",
-            "Aditya",
-            "Diya",
-            "Arjun",
-            "Priya",
-            "Rohan",
-            "Isha",
-            "Kabir",
-            "Meera",
-        ),
-        (
-            "Sharma",
-            "Patel",
-            "Singh",
-            "Kumar",
-            "Gupta",
-            "Reddy",
-            "Iyer",
-            "Nair",
-            "Das",
-            "Mehta",
-            "Rao",
-            "Joshi",
-        ),
+        ("Aarav", "Saanvi", "Vivaan", "Ananya", "Aditya", "Diya", "Arjun", "Priya", "Rohan",
+         "Isha", "Kabir", "Meera"),
+        ("Sharma", "Patel", "Singh", "Kumar", "Gupta", "Reddy", "Iyer", "Nair", "Das", "Mehta",
+         "Rao", "Joshi"),
     ),
     "zh": (
         ("Wei", "Mei", "Jun", "Xiu", "Hao", "Lan", "Ming", "Yan"),
@@ -326,19 +147,8 @@ _AU_MOBILES = tuple(
 # Ofcom drama numbers that libphonenumber accepts as valid (07700 900xxx is not).
 _UK = tuple(
     f"+44{p}xxx"
-    for p in (
-        "2079460",
-        "1614960",
-        "1214960",
-        "1134960",
-        "1174960",
-        "1414960",
-        "1314960",
-        "1144960",
-        "1184960",
-        "1914960",
-        "2890180",
-    )
+    for p in ("2079460", "1614960", "1214960", "1134960", "1174960", "1414960", "1314960",
+              "1144960", "1184960", "1914960", "2890180")
 )
 _FR = tuple(f"+33{p}xxxx" for p in ("19900", "26191", "35301", "46571", "53649", "93665"))
 
@@ -359,42 +169,25 @@ class _Region:
 
 
 REGIONS = (
-    _Region(
-        "US",
-        38,
-        ("en", "en", "en", "en", "es", "zh"),
-        (
-            _Zone("America/New_York", "en-US", 4, _nanp("212", "917", "718", "202", "305")),
-            _Zone("America/Chicago", "en-US", 3, _nanp("312", "773", "713")),
-            _Zone("America/Denver", "en-US", 1, _nanp("303", "720")),
-            _Zone("America/Phoenix", "en-US", 0.5, _nanp("602")),
-            _Zone("America/Los_Angeles", "en-US", 3, _nanp("213", "310", "415", "206")),
-        ),
-    ),
+    _Region("US", 38, ("en", "en", "en", "en", "es", "zh"), (
+        _Zone("America/New_York", "en-US", 4, _nanp("212", "917", "718", "202", "305")),
+        _Zone("America/Chicago", "en-US", 3, _nanp("312", "773", "713")),
+        _Zone("America/Denver", "en-US", 1, _nanp("303", "720")),
+        _Zone("America/Phoenix", "en-US", 0.5, _nanp("602")),
+        _Zone("America/Los_Angeles", "en-US", 3, _nanp("213", "310", "415", "206")),
+    )),
     _Region("GB", 14, ("en", "en", "en", "hi"), (_Zone("Europe/London", "en-GB", 1, _UK),)),
-    _Region(
-        "CA",
-        7,
-        ("en", "en", "fr", "zh", "hi"),
-        (
-            _Zone("America/Toronto", "en-CA", 3, _nanp("416", "647")),
-            _Zone("America/Toronto", "fr-CA", 1.5, _nanp("514")),
-            _Zone("America/Vancouver", "en-CA", 1.5, _nanp("604")),
-        ),
-    ),
-    _Region(
-        "AU",
-        8,
-        ("en", "en", "en", "zh"),
-        (
-            _Zone("Australia/Sydney", "en-AU", 4, ("+6125550xxxx", "+6127010xxxx") + _AU_MOBILES),
-            _Zone(
-                "Australia/Melbourne", "en-AU", 3, ("+6135550xxxx", "+6137010xxxx") + _AU_MOBILES
-            ),
-            _Zone("Australia/Brisbane", "en-AU", 2, ("+6175550xxxx",) + _AU_MOBILES),
-            _Zone("Australia/Perth", "en-AU", 1, ("+6185550xxxx",) + _AU_MOBILES),
-        ),
-    ),
+    _Region("CA", 7, ("en", "en", "fr", "zh", "hi"), (
+        _Zone("America/Toronto", "en-CA", 3, _nanp("416", "647")),
+        _Zone("America/Toronto", "fr-CA", 1.5, _nanp("514")),
+        _Zone("America/Vancouver", "en-CA", 1.5, _nanp("604")),
+    )),
+    _Region("AU", 8, ("en", "en", "en", "zh"), (
+        _Zone("Australia/Sydney", "en-AU", 4, ("+6125550xxxx", "+6127010xxxx") + _AU_MOBILES),
+        _Zone("Australia/Melbourne", "en-AU", 3, ("+6135550xxxx", "+6137010xxxx") + _AU_MOBILES),
+        _Zone("Australia/Brisbane", "en-AU", 2, ("+6175550xxxx",) + _AU_MOBILES),
+        _Zone("Australia/Perth", "en-AU", 1, ("+6185550xxxx",) + _AU_MOBILES),
+    )),
     _Region("FR", 8, ("fr",), (_Zone("Europe/Paris", "fr-FR", 1, _FR),)),
     _Region("DE", 8, ("de",), (_Zone("Europe/Berlin", "de-DE", 1),)),
     _Region("JP", 6, ("ja",), (_Zone("Asia/Tokyo", "ja-JP", 1),)),
@@ -412,40 +205,12 @@ PHONE_RATE = min(1.0, 0.60 / _PHONED_SHARE)
 EMAIL_RATE, EMAIL_OPT_IN, SMS_OPT_IN = 0.95, 0.84, 0.75  # opt-ins among reachable customers
 
 COLUMNS: dict[str, tuple[str, ...]] = {
-    "customer": (
-        "id",
-        "email",
-        "phone",
-        "first_name",
-        "last_name",
-        "timezone",
-        "locale",
-        "tier",
-        "attributes",
-        "email_opt_in",
-        "sms_opt_in",
-        "created_at",
-        "updated_at",
-    ),
-    "interaction": (
-        "id",
-        "customer_id",
-        "kind",
-        "occurred_at",
-        "amount",
-        "attributes",
-        "external_id",
-        "created_at",
-    ),
-    "points_lot": (
-        "id",
-        "customer_id",
-        "points",
-        "remaining",
-        "earned_at",
-        "expires_at",
-        "external_id",
-    ),
+    "customer": ("id", "email", "phone", "first_name", "last_name", "timezone", "locale", "tier",
+                 "attributes", "email_opt_in", "sms_opt_in", "created_at", "updated_at"),
+    "interaction": ("id", "customer_id", "kind", "occurred_at", "amount", "attributes",
+                    "external_id", "created_at"),
+    "points_lot": ("id", "customer_id", "points", "remaining", "earned_at", "expires_at",
+                   "external_id"),
     "points_redemption": ("id", "customer_id", "points", "redeemed_at", "external_id"),
     "points_allocation": ("redemption_id", "lot_id", "points"),
 }
@@ -501,9 +266,8 @@ def generate(
         raise ValueError("customers, batch and the per-customer means must not be negative")
     started = time.perf_counter()
     stats = SampleStats()
-    maker = _Maker(
-        random.Random(seed), ensure_utc(now), interactions_per_customer, lots_per_customer
-    )
+    maker = _Maker(random.Random(seed), ensure_utc(now), interactions_per_customer,
+                   lots_per_customer)
     # Generating is Python work; on PostgreSQL inserting is mostly the server's
     # work, so one database thread writes batch k while this thread makes batch
     # k+1 (at most two batches in memory): 120 s -> 80 s at scale 0.1. SQLite
@@ -531,9 +295,8 @@ def generate(
     return stats
 
 
-def _count(
-    stats: SampleStats, buffers: Sequence[list[Row]], started: float, progress: Progress | None
-) -> None:
+def _count(stats: SampleStats, buffers: Sequence[list[Row]], started: float,
+           progress: Progress | None) -> None:
     customers, interactions, lots, redemptions, allocations = (len(b) for b in buffers)
     stats.customers += customers
     stats.interactions += interactions
@@ -563,8 +326,7 @@ class _Writer:
         try:
             if conn.execute(select(Customer.id).limit(1)).first() is not None:
                 raise EngageError(
-                    "sample data goes into an empty database: customers already exist"
-                )
+                    "sample data goes into an empty database: customers already exist")
             conn.commit()
             return cls(conn)
         except BaseException:
@@ -590,7 +352,9 @@ class _Writer:
             instant = _instant_text("+00" if self.copy else ".000000")
             self.convert[table.name] = [self._converter(table.c[c], instant) for c in cols]
 
-    def _converter(self, column: Any, instant: Callable[[int], str]) -> Callable[[Any], Any] | None:
+    def _converter(
+        self, column: Any, instant: Callable[[int], str]
+    ) -> Callable[[Any], Any] | None:
         if isinstance(column.type, UTCDateTime):
             return instant
         if self.copy:  # COPY text: psycopg adapts the rest (Decimal, bool, str, int)
@@ -689,12 +453,8 @@ def _finish(conn: Connection) -> None:
     with conn.begin():
         for table in TABLES[1:4]:  # interaction, points_lot, points_redemption
             conn.execute(
-                select(
-                    func.setval(
-                        func.pg_get_serial_sequence(table.name, "id"),
-                        select(func.max(table.c.id)).scalar_subquery(),
-                    )
-                )
+                select(func.setval(func.pg_get_serial_sequence(table.name, "id"),
+                                   select(func.max(table.c.id)).scalar_subquery()))
             )
         conn.execute(text("ANALYZE " + ", ".join(quote.format_table(t) for t in TABLES)))
 
@@ -780,23 +540,13 @@ class _Maker:
             end = int(max(created, now - rng.expovariate(1 / RECENT_GAP)))
         lots = self._interactions(cid, count, created, end, quiet)
         self._points(cid, lots, created, end)
-        self.buffers[0].append(
-            (
-                cid,
-                email,
-                phone,
-                first,
-                last,
-                zone.tz,
-                zone.locale,
-                tier,
-                {"country": region.country, "source": source},
-                email is not None and rng.random() < EMAIL_OPT_IN,
-                phone is not None and rng.random() < SMS_OPT_IN,
-                created,
-                created,
-            )
-        )
+        self.buffers[0].append((
+            cid, email, phone, first, last, zone.tz, zone.locale, tier,
+            {"country": region.country, "source": source},
+            email is not None and rng.random() < EMAIL_OPT_IN,
+            phone is not None and rng.random() < SMS_OPT_IN,
+            created, created,
+        ))
         self.pending += 1
 
     def _interactions(
@@ -858,26 +608,17 @@ class _Maker:
                 want = REDEEM_SIZES[int(rng.random() * len(REDEEM_SIZES))]
                 self._redeem(cid, t, want, lots, remaining, first_id)
         self.buffers[2].extend(
-            (first_id + i, cid, points, remaining[i], earned, expires, f"l{first_id + i:09d}")
+            (first_id + i, cid, points, remaining[i], earned, expires,
+             f"l{first_id + i:09d}")
             for i, (earned, expires, points) in enumerate(lots)
         )
         self.pending += len(lots)
 
-    def _redeem(
-        self,
-        cid: str,
-        t: int,
-        want: int,
-        lots: list[list[int]],
-        remaining: list[int],
-        first_id: int,
-    ) -> None:
+    def _redeem(self, cid: str, t: int, want: int, lots: list[list[int]],
+                remaining: list[int], first_id: int) -> None:
         """Take ``want`` points (or what the balance allows, in 50s) oldest lot first."""
-        usable = [
-            i
-            for i, (earned, expires, _) in enumerate(lots)
-            if earned <= t < expires and remaining[i] > 0
-        ]
+        usable = [i for i, (earned, expires, _) in enumerate(lots)
+                  if earned <= t < expires and remaining[i] > 0]
         balance = sum(remaining[i] for i in usable)
         take = want if want <= balance else balance // 50 * 50
         if take <= 0:

@@ -71,14 +71,10 @@ def _where_attributes(where: dict[str, Any]) -> list[ColumnElement[bool]]:
 def _engaged(config: Config, as_of: datetime, after: Any = None, upto: Any = None) -> Any:
     """EXISTS an engagement of the customer in (after, upto] (upto defaults to as_of)."""
     c, i = Customer.__table__, Interaction.__table__
-    q = (
-        select(literal(1))
-        .select_from(i)
-        .where(
-            i.c.customer_id == c.c.id,
-            i.c.occurred_at <= (upto if upto is not None else _at(as_of)),
-            engagement_filter(config),
-        )
+    q = select(literal(1)).select_from(i).where(
+        i.c.customer_id == c.c.id,
+        i.c.occurred_at <= (upto if upto is not None else _at(as_of)),
+        engagement_filter(config),
     )
     if after is not None:
         q = q.where(i.c.occurred_at > after)
@@ -184,7 +180,9 @@ def audience_ids(audience: Any, config: Config, as_of: datetime) -> Select[Any]:
 def audience_recipients_query(audience: Any, config: Config, as_of: datetime) -> Select[Any]:
     """The matching customers with every Recipient fact, ordered by id."""
     q = recipients_query(config, as_of, expiring_within=expiring_window(audience))
-    return q.where(and_(*conditions(audience, config, as_of))).order_by(Customer.__table__.c.id)
+    return q.where(and_(*conditions(audience, config, as_of))).order_by(
+        Customer.__table__.c.id
+    )
 
 
 def count_audience(engine: Engine, audience: Any, config: Config, as_of: datetime) -> int:

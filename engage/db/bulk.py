@@ -124,7 +124,9 @@ def _pg_insert_ignore(
     cols = list(rows[0])
     prep = conn.dialect.identifier_preparer
     names = ", ".join(prep.quote(c) for c in cols)
-    record = ", ".join(f"{prep.quote(c)} {table.c[c].type.compile(dialect=dialect)}" for c in cols)
+    record = ", ".join(
+        f"{prep.quote(c)} {table.c[c].type.compile(dialect=dialect)}" for c in cols
+    )
     conflict = ", ".join(prep.quote(k) for k in keys)
     sql = text(
         f"INSERT INTO {prep.format_table(table)} ({names}) "
