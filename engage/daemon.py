@@ -278,7 +278,7 @@ class Daemon:
             self.plan_campaign(campaign.name)
 
     def dispatch(self) -> None:
-        """Send what is due, batch after batch, until nothing is (or we are stopping)."""
+        """Send what is due until nothing is (or we are stopping)."""
         with self._job("dispatch") as go:
             if go:
                 self.dispatcher.run_once(tally=self.totals)

@@ -437,9 +437,9 @@ class Dispatcher:
         url = self._helper_url  # once: the helper's callback thread may clear it
         if self._helper is None and url is not None:
             if batch >= max(cfg.batch_size, HELPER_MIN_BATCH):
-                self._helper_url = None  # if this raises, no second try
+                # If this raises, the batch is prepared here and _hand_out
+                # clears _helper_url, so no second start is tried.
                 self._helper = Helper(self.config, url)
-                self._helper_url = url
                 log.info(
                     "backlog: preparing batches in a helper process",
                     extra={"event": "dispatch_helper_started"},

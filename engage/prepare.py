@@ -173,8 +173,8 @@ def _exit_with(parent: int) -> None:
     os._exit(0)
 
 
-def _helper_ping() -> int:
-    return os.getpid()
+def _helper_ping() -> bool:
+    return True
 
 
 def _helper_prepare(
@@ -211,11 +211,6 @@ class Helper:
     @property
     def ready(self) -> bool:
         return self._started.done() and self._started.exception() is None
-
-    @property
-    def pid(self) -> int | None:
-        """The helper's process id once it is up."""
-        return self._started.result() if self.ready else None
 
     @property
     def failed(self) -> bool:
