@@ -354,12 +354,13 @@ class Dispatcher:
         A pipeline, not batch after batch: the next batch is claimed and its
         recipients loaded while the previous one is still being sent, so the
         worker pool never idles on the database, and outcomes are written in
-        chunks as they arrive. At most about one and a half batches are claimed
-        and unsent at any moment. ``now`` (default: the wall clock at each claim)
+        chunks as they arrive. Claims top the work in flight up to
+        ``batch_size`` (once half of it is done), never beyond: a crash leaves
+        at most one batch ``sending``. ``now`` (default: the wall clock at each claim)
         decides what is due; ``tally`` is updated as outcomes are recorded.
         """
         cfg = self.config.dispatch
-        refill_at = max(cfg.batch_size // 2, cfg.workers)
+        refill_at = min(max(cfg.batch_size // 2, cfg.workers), cfg.batch_size - 1)
         stats = DispatchStats()
         inbox = _Inbox()
         in_flight = 0
@@ -369,7 +370,8 @@ class Dispatcher:
                 if self._failure is not None:
                     exhausted = True
                 if not exhausted and in_flight <= refill_at and not self.stop.is_set():
-                    submitted = self._claim_and_submit(now or utcnow(), campaign, inbox)
+                    limit = cfg.batch_size - in_flight
+                    submitted = self._claim_and_submit(now or utcnow(), campaign, inbox, limit)
                     stats.claimed += submitted
                     in_flight += submitted
                     exhausted = submitted == 0
@@ -397,16 +399,19 @@ class Dispatcher:
             raise failure
         return stats
 
-    def _claim_and_submit(self, now: datetime, campaign: str | None, inbox: _Inbox) -> int:
-        """Claim one batch and get it prepared (here, or by the helper process while
-        there is a backlog); each prepared message then goes to the send pool."""
+    def _claim_and_submit(
+        self, now: datetime, campaign: str | None, inbox: _Inbox, limit: int
+    ) -> int:
+        """Claim up to ``limit`` messages and get them prepared (here, or by the
+        helper process while there is a backlog); each prepared message then goes
+        to the send pool."""
         cfg = self.config.dispatch
         campaigns = self.campaigns()
         claimed = claim(
             self.engine,
             self.owner,
             now,
-            cfg.batch_size,
+            limit,
             cfg.lease,
             campaign=campaign,
             wall_now=utcnow(),
