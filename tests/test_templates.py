@@ -106,6 +106,9 @@ ATTACKS = [
     "{{ customer|attr('__class__') }}",
     "{{ '{0.__class__}'.format(customer) }}",
     "{{ customer.attributes.update({'x': 1}) }}",
+    "{{ customer.attributes.setdefault('x', 1) }}",
+    "{{ customer.attributes.pop('country') }}",
+    "{{ '{c.__class__}'.format_map({'c': customer}) }}",
 ]
 
 
@@ -455,6 +458,10 @@ def test_sandbox_still_guards_attributes_of_context_objects(tmp_path: Path) -> N
         r.render_sms("t", CAMPAIGN, person(), NOW)
     r = renderer(tmp_path, {"t/sms.j2": "{{ customer.name }} {{ shop.name }} {{ points.balance }}"})
     assert r.render_sms("t", CAMPAIGN, person(), NOW).body.startswith("Alice Tea & Co 1250")
+    # So do the read-only str and dict methods that take the same shortcut.
+    source = "{{ shop.name.split()|last }} {{ customer.attributes.get('nope', 'none') }}"
+    r = renderer(tmp_path, {"t/sms.j2": source})
+    assert r.render_sms("t", CAMPAIGN, person(), NOW).body.startswith("Co none")
 
 
 def test_explicit_text_template_wins(tmp_path: Path) -> None:

@@ -284,14 +284,24 @@ def _finalize(value: Any) -> Any:
     return "" if value is None else value
 
 
-# Declared data fields of the frozen objects we put in the context. Reading
-# them is safe by construction, and checking them here skips the sandbox's
-# generic checks (ABC isinstance tests), the largest cost of a render.
+# Declared data fields of the frozen objects we put in the context, and a few
+# read-only methods. Reading them is safe by construction, and checking them
+# here skips the sandbox's generic checks (ABC isinstance tests), the largest
+# cost of a render.
 _DATA_FIELDS: dict[type, frozenset[str]] = {
     CustomerView: frozenset(f.name for f in fields(CustomerView)),
     PointsView: frozenset(f.name for f in fields(PointsView)),
     CampaignInfo: frozenset(f.name for f in fields(CampaignInfo)),
     Shop: frozenset(Shop.model_fields),
+    # Read-only methods of the plain types templates meet most (the lines of a
+    # postal address, an attribute lookup): they can neither change their
+    # object nor reach Python internals. str.format/format_map are not here:
+    # the sandbox must wrap those.
+    str: frozenset(
+        "splitlines split strip lstrip rstrip lower upper title capitalize "
+        "startswith endswith replace".split()
+    ),
+    dict: frozenset({"get", "keys", "values", "items"}),
 }
 
 
@@ -304,10 +314,10 @@ class EngageSandbox(ImmutableSandboxedEnvironment):
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         # Fast path for the declared data fields of our own context objects
-        # (``customer.name``, ``shop.url``): their values are plain data, never
-        # a bound ``str.format``, so the sandbox's per-access wrapping and
-        # safety checks have nothing to catch there. Everything else (methods,
-        # other objects, unknown names) takes the full sandbox path.
+        # (``customer.name``, ``shop.url``) and the read-only methods above:
+        # never a bound ``str.format``, so the sandbox's per-access wrapping and
+        # safety checks have nothing to catch there. Everything else (other
+        # methods, other objects, unknown names) takes the full sandbox path.
         allowed = _DATA_FIELDS.get(type(obj))
         if allowed is not None and attribute in allowed:
             return getattr(obj, attribute)
