@@ -13,23 +13,40 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Connection, Engine, Table, and_, case, func, or_, select, true, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Table,
+    alias,
+    and_,
+    case,
+    false,
+    func,
+    or_,
+    select,
+    true,
+    update,
+)
 
 from . import suppressions
 from .campaigns.audience import stream_audience
 from .config import Config
-from .db.bulk import in_values, insert_ignore, no_index
+from .db.bulk import all_rows, in_values, insert_ignore, no_index
 from .db.models import CampaignRun, Message
+from .db.session import shared_across_threads
+from .pipeline import Lane, WriteBehind
 from .policy import (
     CAP_STATES,
     REENTRY_STATES,
     CampaignRules,
     Decision,
     History,
+    Suppressions,
     decide,
 )
 from .recipients import Recipient
@@ -60,60 +77,56 @@ def load_history(
     as_of: datetime,
     run_id: int | None,
 ) -> dict[str, History]:
-    """Last send of this campaign and frequency-cap use, per customer, in two queries.
+    """Last send of this campaign and frequency-cap use, per customer, in one query.
 
-    Rows of the occurrence being planned (``run_id``) are ignored, so that
-    re-planning an interrupted occurrence reaches the same decisions.
+    One pass over each customer's messages (the (customer_id, planned_at)
+    index) computes both facts. Rows of the occurrence being planned
+    (``run_id``) are ignored, so that re-planning an interrupted occurrence
+    reaches the same decisions.
     """
     ids = [r.customer_id for r in batch]
     when = func.coalesce(M.c.sent_at, M.c.send_after)
     not_this_run = or_(M.c.run_id.is_(None), M.c.run_id != run_id) if run_id else true()
-    last = {
-        cid: ts
-        for cid, ts in conn.execute(
-            select(M.c.customer_id, func.max(when))
-            .where(
-                M.c.campaign == rules.name,
-                in_values(M.c.customer_id, ids),
-                M.c.status.in_(REENTRY_STATES),
-                M.c.planned_at <= as_of,
-                not_this_run,
-            )
-            .group_by(M.c.customer_id)
-        ).all()
-    }
-    cap = config.frequency_cap
-    used: dict[str, tuple[int, int]] = {}
-    if not rules.exempt_from_frequency_cap:
-        rows = conn.execute(
-            select(
-                M.c.customer_id,
-                func.count(),
-                func.sum(
-                    case((and_(M.c.status == "planned", M.c.priority < rules.priority), 1), else_=0)
-                ),
-            )
-            .where(
-                in_values(M.c.customer_id, ids),
-                M.c.counts_toward_cap.is_(True),
-                M.c.status.in_(CAP_STATES),
-                when > as_of - cap.per,
-                M.c.planned_at <= as_of,
-                not_this_run,
-            )
-            .group_by(M.c.customer_id)
-        ).all()
-        used = {cid: (int(n), int(p or 0)) for cid, n, p in rows}
-    out = {}
-    for cid in ids:
-        n, p = used.get(cid, (0, 0))
-        last_sent = last.get(cid)
+    counted = (
+        false()
+        if rules.exempt_from_frequency_cap
+        else and_(
+            M.c.counts_toward_cap.is_(True),
+            M.c.status.in_(CAP_STATES),
+            when > as_of - config.frequency_cap.per,
+        )
+    )
+    rows = all_rows(
+        conn,
+        select(
+            M.c.customer_id,
+            func.max(
+                case((and_(M.c.campaign == rules.name, M.c.status.in_(REENTRY_STATES)), when))
+            ),
+            func.sum(case((counted, 1), else_=0)),
+            func.sum(
+                case(
+                    (and_(counted, M.c.status == "planned", M.c.priority < rules.priority), 1),
+                    else_=0,
+                )
+            ),
+        )
+        .where(in_values(M.c.customer_id, ids), M.c.planned_at <= as_of, not_this_run)
+        .group_by(M.c.customer_id),
+    )
+    out = dict.fromkeys(ids, _NO_HISTORY)
+    for cid, last_sent, used, preemptable in rows:
         if isinstance(last_sent, str):  # max() of text instants on SQLite
             last_sent = datetime.fromisoformat(last_sent)
         out[cid] = History(
-            last_sent=ensure_utc(last_sent) if last_sent else None, cap_used=n, preemptable=p
+            last_sent=ensure_utc(last_sent) if last_sent else None,
+            cap_used=int(used or 0),
+            preemptable=int(preemptable or 0),
         )
     return out
+
+
+_NO_HISTORY = History()
 
 
 def evaluate(
@@ -132,22 +145,44 @@ def evaluate(
     ``decision_only``: recipients carry only the facts ``decide`` reads (the
     planner's choice; callers that render need the full facts)."""
     rules = CampaignRules.of(campaign)
-    for recipients in stream_audience(
-        engine,
-        campaign.audience,
-        config,
-        as_of,
-        batch=batch,
-        limit=limit,
-        decision_only=decision_only,
-    ):
+
+    def facts(recipients: list[Recipient]) -> tuple[Suppressions, dict[str, History]]:
         with engine.connect() as conn:
-            supp = suppressions.load_for(conn, recipients)
-            history = load_history(conn, recipients, rules, config, as_of, run_id)
-        yield [
+            return (
+                suppressions.load_for(conn, recipients),
+                load_history(conn, recipients, rules, config, as_of, run_id),
+            )
+
+    def decided(
+        recipients: list[Recipient], facts_of: Future[tuple[Suppressions, dict[str, History]]]
+    ) -> list[Evaluated]:
+        supp, history = facts_of.result()
+        return [
             Evaluated(r, decide(r, rules, config, as_of, supp, history[r.customer_id]))
             for r in recipients
         ]
+
+    # The facts of the next batch are read on a lane while this one is
+    # decided. Batches hold disjoint customers (the stream is in id order) and
+    # a planned batch's writes touch only its own customers' messages, so
+    # reading them early reads exactly what reading them later would.
+    with Lane("engage-facts", threaded=shared_across_threads(engine)) as lane:
+        previous = None
+        for recipients in stream_audience(
+            engine,
+            campaign.audience,
+            config,
+            as_of,
+            batch=batch,
+            limit=limit,
+            decision_only=decision_only,
+        ):
+            current = (recipients, lane.submit(facts, recipients))
+            if previous is not None:
+                yield decided(*previous)
+            previous = current
+        if previous is not None:
+            yield decided(*previous)
 
 
 @dataclass
@@ -266,31 +301,40 @@ def _preempt(
 ) -> None:
     """For each customer, cancel the lowest-priority planned message holding a cap slot.
 
-    Two statements per batch whatever its size: the candidates of every
-    customer in one select (the first per customer in the order below is the
-    victim), then one update of the victims.
+    One statement whatever the batch size: the candidates of every customer,
+    ranked per customer in the order below; the first of each is the victim.
+    (One statement also means one wait for the database, see
+    ``plan_occurrence``.)
     """
     if not customer_ids:
         return
-    rows = conn.execute(
-        select(M.c.customer_id, M.c.id)
+    rank = (
+        func.row_number()
+        .over(
+            partition_by=M.c.customer_id,
+            order_by=(M.c.priority, M.c.send_after.desc(), M.c.id),
+        )
+        .label("rank")
+    )
+    ranked = (
+        select(M.c.id, rank)
         .where(
             in_values(M.c.customer_id, customer_ids),
             no_index(M.c.status) == "planned",
             M.c.priority < rules.priority,
             M.c.counts_toward_cap.is_(True),
         )
-        .order_by(M.c.customer_id, M.c.priority, M.c.send_after.desc(), M.c.id)
-    ).all()
-    victims: dict[str, int] = {}
-    for cid, mid in rows:
-        victims.setdefault(cid, mid)
-    if victims:
-        conn.execute(
-            update(M)
-            .where(in_values(M.c.id, list(victims.values())), no_index(M.c.status) == "planned")
-            .values(status="cancelled", error=f"preempted by {rules.name}", updated_at=now)
+        .subquery("ranked")
+    )
+    target = cast(Table, alias(M, "target"))  # an alias of the table: typed as one
+    conn.execute(
+        update(target)
+        .where(
+            target.c.id.in_(select(ranked.c.id).where(ranked.c.rank == 1)),
+            no_index(target.c.status) == "planned",
         )
+        .values(status="cancelled", error=f"preempted by {rules.name}", updated_at=now)
+    )
 
 
 def plan_occurrence(
@@ -316,43 +360,53 @@ def plan_occurrence(
         return PlanResult(campaign.name, scheduled_at, run.id, True, dict(run.counts or {}), 0)
 
     counts: Counter[str] = Counter()
-    inserted = 0
     key_prefix = dedupe_key(campaign.name, scheduled_at, "")  # + customer id
-    # Templates render at send time from the data current then: planning reads
-    # only what the decisions need.
-    for evaluated in evaluate(
-        engine, config, campaign, scheduled_at, run_id=run.id, batch=batch, decision_only=True
-    ):
-        count_decisions(counts, evaluated)
-        rows = []
-        preempting = []
-        for e in evaluated:
-            d = e.decision
-            if d.action != "send" and not d.held_out:
-                continue
-            rows.append(
-                {
-                    "dedupe_key": key_prefix + d.customer_id,
-                    "campaign": campaign.name,
-                    "run_id": run.id,
-                    "customer_id": d.customer_id,
-                    "channel": d.channel,
-                    "address": d.address,
-                    "template": campaign.template,
-                    "priority": rules.priority,
-                    "counts_toward_cap": not rules.exempt_from_frequency_cap,
-                    "status": "held_out" if d.held_out else "planned",
-                    "planned_at": now,
-                    "send_after": d.send_at,
-                    "attempts": 0,
-                    "updated_at": now,
-                }
-            )
-            if d.preempts:
-                preempting.append(d.customer_id)
+
+    def write(rows: list[dict[str, Any]], preempting: list[str]) -> int:
         with engine.begin() as conn:
             _preempt(conn, preempting, rules, now)
-            inserted += insert_ignore(conn, M, rows, ["dedupe_key"])
+            return insert_ignore(conn, M, rows, ["dedupe_key"])
+
+    # Each batch is written on a second thread while the next one is decided:
+    # the write is one statement or two, a wait for the database that does not
+    # hold the GIL. A batch's writes touch only its own customers, so the order
+    # of the batches' writes and the next batch's reads does not matter.
+    with Lane("engage-plan-writer", threaded=shared_across_threads(engine)) as lane:
+        writer = WriteBehind(lane)
+        # Templates render at send time from the data current then: planning
+        # reads only what the decisions need.
+        for evaluated in evaluate(
+            engine, config, campaign, scheduled_at, run_id=run.id, batch=batch, decision_only=True
+        ):
+            count_decisions(counts, evaluated)
+            rows = []
+            preempting = []
+            for e in evaluated:
+                d = e.decision
+                if d.action != "send" and not d.held_out:
+                    continue
+                rows.append(
+                    {
+                        "dedupe_key": key_prefix + d.customer_id,
+                        "campaign": campaign.name,
+                        "run_id": run.id,
+                        "customer_id": d.customer_id,
+                        "channel": d.channel,
+                        "address": d.address,
+                        "template": campaign.template,
+                        "priority": rules.priority,
+                        "counts_toward_cap": not rules.exempt_from_frequency_cap,
+                        "status": "held_out" if d.held_out else "planned",
+                        "planned_at": now,
+                        "send_after": d.send_at,
+                        "attempts": 0,
+                        "updated_at": now,
+                    }
+                )
+                if d.preempts:
+                    preempting.append(d.customer_id)
+            writer.submit(write, rows, preempting)
+        inserted = sum(writer.finish())
     with engine.begin() as conn:
         conn.execute(
             update(R)

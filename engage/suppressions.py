@@ -14,7 +14,7 @@ from typing import cast
 
 from sqlalchemy import Connection, Engine, Table, and_, delete, or_, select
 
-from .db.bulk import in_values, insert_ignore
+from .db.bulk import all_rows, in_values, insert_ignore
 from .db.models import SUPPRESSION_REASONS, Suppression
 from .errors import EngageError
 from .policy import Suppressions, normalize_address
@@ -49,7 +49,7 @@ def load_for(conn: Connection, recipients: Sequence[Recipient]) -> Suppressions:
             and_(S.c.channel == "sms", in_values(S.c.address, phones)),
         )
     )
-    return Suppressions.of(conn.execute(q).tuples())
+    return Suppressions.of(all_rows(conn, q))
 
 
 def add(

@@ -86,6 +86,29 @@ def test_unsubscribed_customer_is_never_messaged(engine: Engine, tmp_path: Path)
     assert [(r.customer_id, r.channel) for r in rows] == [("bob", "sms")]  # bob falls back to SMS
 
 
+def test_preemption_cancels_exactly_one_lowest_priority_latest_message(
+    engine: Engine, tmp_path: Path
+) -> None:
+    config = make_config(tmp_path, frequency_cap={"max_messages": 3, "per": "7d"})
+    for cid in ("ann", "bob"):
+        add_customer(engine, cid)
+    for name, priority, start in (
+        ("p10-early", 10, "18:00"),
+        ("p10-late", 10, "19:00"),
+        ("p20", 20, "17:00"),
+    ):
+        low = campaign(name=name, priority=priority, send_window={"start": start, "end": "21:00"})
+        plan_occurrence(engine, config, low, NOW, now=NOW)
+    result = plan_occurrence(engine, config, campaign(name="high", priority=90), NOW, now=NOW)
+    assert result.counts["send"] == 2
+    by = {(r.campaign, r.customer_id): (r.status, r.error) for r in messages(engine)}
+    for cid in ("ann", "bob"):  # the lowest priority, and of those the one sent last
+        assert by[("p10-late", cid)] == ("cancelled", "preempted by high")
+        assert by[("p10-early", cid)] == ("planned", None)
+        assert by[("p20", cid)] == ("planned", None)
+        assert by[("high", cid)] == ("planned", None)
+
+
 def test_frequency_cap_resolves_by_priority(engine: Engine, tmp_path: Path) -> None:
     config = make_config(tmp_path, frequency_cap={"max_messages": 1, "per": "7d"})
     for cid in ("ann", "bob"):

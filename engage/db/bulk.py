@@ -4,8 +4,8 @@ PostgreSQL: rows travel as one JSON document expanded by
 ``jsonb_to_recordset`` — a single statement, a single parameter, whatever the
 batch size. (A multi-VALUES INSERT with thousands of placeholders spends most
 of its time in the driver's query parsing, and psycopg's executemany
-rowcounts are not exact.) SQLite: ``INSERT .. ON CONFLICT DO NOTHING
-RETURNING`` with executemany, which the stdlib driver runs fast.
+rowcounts are not exact.) SQLite: the same shape, one JSON array expanded by
+``json_each``.
 
 ``in_values`` is the read-side twin: membership in a Python list as one
 array parameter on PostgreSQL.
@@ -33,6 +33,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.selectable import CompoundSelect, Select
 from sqlalchemy.sql.visitors import InternalTraversal
 
 
@@ -60,34 +61,37 @@ def insert_ignore(
 def _sqlite_insert_ignore(
     conn: Connection, table: Table, rows: Sequence[dict[str, Any]], keys: Sequence[str]
 ) -> int:
-    """One driver ``executemany`` of plain tuples.
+    """One statement whatever the batch size: the rows travel as one JSON
+    array expanded by ``json_each``.
 
     Why not the Core insert: SQLAlchemy's insertmanyvalues path builds and
     bind-processes a parameter dict per row, several times the cost of the
     insert itself at 100,000 rows. Here each column's bind processor (the
     column type's own, so stored values are identical) runs once per distinct
     value: a plan's ``planned_at``/``updated_at``/``send_after`` take a
-    handful of values. The stdlib driver sums ``sqlite3_changes`` over the
-    rows, so skipped conflicts count zero.
+    handful of values. Why not the driver's ``executemany``, which costs the
+    same on one thread: it releases and retakes the GIL around every row, and
+    each retake waits out the switch interval of any busy thread, so a
+    planner writing on one thread while deciding on another would crawl. One
+    statement releases the GIL once. ``json_extract`` returns SQL text,
+    integers, reals and NULL exactly as the processed values would bind.
     """
     dialect = conn.dialect
     cols = list(rows[0])
     prep = dialect.identifier_preparer
-    convert = []
+    columns = []
     for c in cols:
         proc = table.c[c].type._cached_bind_processor(dialect)
-        convert.append(_memoized(proc) if proc is not None else None)
+        values = [row[c] for row in rows]
+        columns.append(values if proc is None else list(map(_memoized(proc), values)))
+    picks = ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(cols)))
     sql = (
         f"INSERT INTO {prep.format_table(table)} ({', '.join(prep.quote(c) for c in cols)}) "
-        f"VALUES ({', '.join('?' for _ in cols)}) "
+        f"SELECT {picks} FROM json_each(?) WHERE true "  # "WHERE true": see SQLite's upsert parsing
         f"ON CONFLICT ({', '.join(prep.quote(k) for k in keys)}) DO NOTHING"
     )
-    columns = []
-    for c, fn in zip(cols, convert, strict=True):
-        values = [row[c] for row in rows]
-        columns.append(values if fn is None else list(map(fn, values)))
-    params = list(zip(*columns, strict=True))
-    return int(conn.exec_driver_sql(sql, params).rowcount)
+    payload = json.dumps(list(zip(*columns, strict=True)))
+    return int(conn.exec_driver_sql(sql, (payload,)).rowcount)
 
 
 def _memoized(proc: Any) -> Any:
@@ -136,6 +140,22 @@ def _pg_insert_ignore(
     # A plan's rows share a few instants: serialise each distinct one once.
     payload = json.dumps(list(rows), default=_memoized(_json_default))
     return len(conn.execute(sql, {"rows": payload}).all())
+
+
+def all_rows(conn: Connection, query: Select[Any] | CompoundSelect) -> list[tuple[Any, ...]]:
+    """Every row of ``query``, fetched at once.
+
+    On SQLite the database builds one JSON array of the rows: the driver then
+    releases the GIL once for the statement instead of once per row, which
+    matters on a background thread (see ``engage.pipeline``). Values come back
+    as the JSON types give them (text, integers, reals, NULL), without the
+    column types' result processing; the callers read only such values.
+    """
+    if conn.dialect.name != "sqlite":
+        return [tuple(row) for row in conn.execute(query)]
+    rows = query.subquery()
+    payload = conn.execute(select(func.json_group_array(func.json_array(*rows.c)))).scalar_one()
+    return [tuple(row) for row in json.loads(payload)]
 
 
 class _InValues(ColumnElement[bool]):

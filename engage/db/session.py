@@ -10,6 +10,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import SingletonThreadPool, StaticPool
 
 from ..errors import ConfigError
 
@@ -51,6 +52,13 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         )
     kwargs.setdefault("pool_pre_ping", True)
     return create_engine(url, **kwargs)
+
+
+def shared_across_threads(engine: Engine) -> bool:
+    """Whether connections checked out in different threads reach the same
+    database and may be used at once: not so for in-memory SQLite (a database
+    per connection, a connection per thread) nor for one shared connection."""
+    return not isinstance(engine.pool, SingletonThreadPool | StaticPool)
 
 
 def get_engine(url: str) -> Engine:

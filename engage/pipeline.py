@@ -1,0 +1,82 @@
+"""Overlap a batch job's database work with its Python work, on a second thread.
+
+The planner's reads and writes are mostly waits for the database (psycopg
+waits for the server without the GIL, SQLite runs a statement without it);
+its decisions are Python work. A ``Lane`` runs the database work of one batch
+on a background thread while the caller works on another, in order, so the
+results are those of the plain loop.
+
+A lane's jobs should release the GIL for long stretches, not often: a thread
+that takes the GIL back while another thread computes waits up to the
+interpreter's switch interval (5 ms) for it. A statement that streams its
+rows one driver call at a time (SQLite's cursor) pays that per row; one that
+returns everything in one call (see ``db.bulk.all_rows``) pays it once.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from types import TracebackType
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class Lane:
+    """Jobs run in submission order on one background thread.
+
+    Use as a context manager: leaving it drops jobs not yet started and waits
+    for the running one, so nothing of the lane outlives the block.
+    ``threaded=False`` runs each job inside ``submit`` (for a database other
+    threads cannot reach, such as in-memory SQLite); the future is then
+    already done.
+    """
+
+    def __init__(self, name: str, *, threaded: bool = True):
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix=name) if threaded else None
+
+    def submit(self, job: Callable[..., T], *args: Any) -> Future[T]:
+        if self._pool is not None:
+            return self._pool.submit(job, *args)
+        done: Future[T] = Future()
+        try:
+            done.set_result(job(*args))
+        except Exception as exc:
+            done.set_exception(exc)
+        return done
+
+    def __enter__(self) -> Lane:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class WriteBehind:
+    """Write jobs on a lane, at most one waiting behind the one running:
+    ``submit`` blocks while the lane is that far behind. ``finish()`` waits
+    for the rest; every job's result is in ``results``, in order, and a
+    failed job raises in the ``submit`` or ``finish`` that collects it."""
+
+    def __init__(self, lane: Lane):
+        self._lane = lane
+        self._pending: deque[Future[Any]] = deque()
+        self.results: list[Any] = []
+
+    def submit(self, job: Callable[..., Any], *args: Any) -> None:
+        self._pending.append(self._lane.submit(job, *args))
+        while len(self._pending) > 1:
+            self.results.append(self._pending.popleft().result())
+
+    def finish(self) -> list[Any]:
+        while self._pending:
+            self.results.append(self._pending.popleft().result())
+        return self.results
