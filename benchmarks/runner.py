@@ -21,7 +21,15 @@ from engage.db import make_engine
 from engage.timeutil import isoformat_z, parse_instant
 
 from . import audience, dispatch, generate, planning, rendering
-from .common import Context, Result, bench_config, count_customers, dataset_now, load_avg
+from .common import (
+    Context,
+    Result,
+    bench_config,
+    count_customers,
+    cpu_check,
+    dataset_now,
+    load_avg,
+)
 
 GROUPS: dict[str, Callable[[Context], list[Result]]] = {
     "audience": audience.run,
@@ -79,8 +87,10 @@ def run(db: str, *, scale: float | None, only: list[str] | None, json_path: str 
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="engage-bench-") as tmp:
         ctx = Context(engine, db, bench_config(Path(tmp)), as_of, scale, customers, Path(tmp))
+        cpu_before = cpu_check()
         out.write(f"engage benchmarks: {engine.dialect.name}, {customers:,} customers "
-                  f"(scale {scale:g}), as of {isoformat_z(as_of)}, load {load_avg()}\n")
+                  f"(scale {scale:g}), as of {isoformat_z(as_of)}, load {load_avg()}, "
+                  f"CPU check {cpu_before:.3f} s\n")
         for name, fn in GROUPS.items():
             if only and name not in only:
                 continue
@@ -91,7 +101,10 @@ def run(db: str, *, scale: float | None, only: list[str] | None, json_path: str 
             out.write(f" {time.perf_counter() - t0:.1f} s\n")
             results.extend(got)
     engine.dispose()
+    cpu_after = cpu_check()
     out.write("\n" + table(results) + "\n")
+    out.write(f"\nCPU check (a fixed Python loop; lower is a faster machine): "
+              f"{cpu_before:.3f} s before, {cpu_after:.3f} s after\n")
     report = {
         "backend": engine.dialect.name,
         "customers": customers,
@@ -99,7 +112,8 @@ def run(db: str, *, scale: float | None, only: list[str] | None, json_path: str 
         "as_of": isoformat_z(as_of),
         "started": isoformat_z(started),
         "machine": {"cpus": _cpus(), "python": platform.python_version(),
-                    "platform": platform.platform()},
+                    "platform": platform.platform(),
+                    "cpu_check_s": {"before": cpu_before, "after": cpu_after}},
         "results": [r.to_json() for r in results],
         "all_passed": all(r.passed is not False for r in results),
     }

@@ -40,6 +40,8 @@ def test_small_run_reports_every_figure(db_url: str, tmp_path: Path) -> None:
     report = json.loads(report_path.read_text())
     assert report["customers"] == 1000
     assert report["as_of"] == "2026-03-01T00:00:00Z"
+    cpu = report["machine"]["cpu_check_s"]
+    assert 0 < cpu["before"] < 60 and 0 < cpu["after"] < 60
     names = [r["name"] for r in report["results"]]
     assert len(names) == sum(GROUP_ROWS.values())
     assert set(GROUP_ROWS) == set(GROUPS)
