@@ -8,7 +8,7 @@ few set-based queries (never one query per customer).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -63,7 +63,7 @@ class Recipient:
     last_activity: datetime  # latest engagement, or created_at when none
     orders: int = 0
     lifetime_value: Decimal = Decimal("0.00")
-    points: PointsSummary = field(default_factory=PointsSummary)
+    points: PointsSummary = PointsSummary()  # immutable: one shared default
 
 
 # --- set-based facts about customers --------------------------------------------------
