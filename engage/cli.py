@@ -233,7 +233,8 @@ def dry_run_cmd(
     table = Table("customer", "decision", "reason", "channel", "send at (UTC)")
     for e in report.decisions:
         d = e.decision
-        table.add_row(d.customer_id, d.action, d.reason or "", d.channel or "", _ts(d.send_at))
+        reason = f"{d.reason}: {d.extra['error']}" if "error" in d.extra else d.reason or ""
+        table.add_row(d.customer_id, d.action, reason, d.channel or "", _ts(d.send_at))
     if report.decisions:
         out.print(table)
     counts = ", ".join(f"{k}: {v:,}" for k, v in sorted(report.counts.items()))

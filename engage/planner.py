@@ -195,20 +195,24 @@ class DryRun:
     def to_json(self) -> dict[str, Any]:
         from .timeutil import isoformat_z
 
+        decisions = []
+        for e in self.decisions:
+            d = e.decision
+            item = {
+                "customer_id": d.customer_id,
+                "decision": d.action,
+                "reason": d.reason,
+                "channel": d.channel,
+                "send_at": isoformat_z(d.send_at) if d.send_at else None,
+            }
+            if "error" in d.extra:  # a render_error: which template line, and why
+                item["error"] = d.extra["error"]
+            decisions.append(item)
         return {
             "campaign": self.campaign,
             "as_of": isoformat_z(self.as_of),
             "counts": dict(self.counts),
-            "decisions": [
-                {
-                    "customer_id": e.decision.customer_id,
-                    "decision": e.decision.action,
-                    "reason": e.decision.reason,
-                    "channel": e.decision.channel,
-                    "send_at": isoformat_z(e.decision.send_at) if e.decision.send_at else None,
-                }
-                for e in self.decisions
-            ],
+            "decisions": decisions,
         }
 
 

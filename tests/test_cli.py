@@ -131,6 +131,26 @@ def test_dry_run_json_contract(project: tuple[Path, dict[str, str]]) -> None:
     assert pe[0]["estimated_audience"] == 1  # c1: 200 points expiring on 2026-06-20
 
 
+def test_dry_run_names_the_template_line_of_a_render_error(
+    project: tuple[Path, dict[str, str]],
+) -> None:
+    proj, env = project
+    (proj / "templates" / "winback" / "subject.j2").write_text("{{ customer.nickname }}\n")
+    data = json.loads(run(["dry-run", "winback-30d", "--at", AT, "--json"], proj, env).stdout)
+    by = {d["customer_id"]: d for d in data["decisions"]}
+    broken = [d for d in data["decisions"] if d["reason"] == "render_error"]
+    assert broken and data["counts"]["render_error"] == len(broken)
+    for d in broken:
+        assert d["channel"] == "email" and d["error"].startswith(
+            "templates/winback/subject.j2:1: undefined:"
+        )
+        assert "nickname" in d["error"]
+    assert by["c3"]["channel"] == "sms" and "error" not in by["c3"]  # SMS: no subject
+    wide = {**env, "COLUMNS": "300"}  # one table row per decision
+    table = run(["dry-run", "winback-30d", "--at", AT], proj, wide).stdout
+    assert "render_error: templates/winback/subject.j2:1: undefined:" in table
+
+
 def test_send_twice_preview_outbox_customer(project: tuple[Path, dict[str, str]]) -> None:
     proj, env = project
     first = run(["send", "winback-30d", "--at", AT, "--yes"], proj, env)
