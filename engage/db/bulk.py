@@ -74,24 +74,35 @@ def _sqlite_insert_ignore(
     each retake waits out the switch interval of any busy thread, so a
     planner writing on one thread while deciding on another would crawl. One
     statement releases the GIL once. ``json_extract`` returns SQL text,
-    integers, reals and NULL exactly as the processed values would bind.
+    integers, reals and NULL exactly as the processed values would bind. A
+    column with the same value in every row (a plan's campaign, run, template,
+    instants) is bound once instead: less JSON to build and to parse.
     """
     dialect = conn.dialect
     cols = list(rows[0])
     prep = dialect.identifier_preparer
-    columns = []
+    picks: list[str] = []
+    constants: list[Any] = []  # a column with one value for every row is bound once
+    varying: list[list[Any]] = []
     for c in cols:
         proc = table.c[c].type._cached_bind_processor(dialect)
         values = [row[c] for row in rows]
-        columns.append(values if proc is None else list(map(_memoized(proc), values)))
-    picks = ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(cols)))
+        if proc is not None:
+            values = list(map(_memoized(proc), values))
+        first = values[0]
+        if all(type(v) is type(first) for v in values) and len(set(values)) == 1:
+            picks.append("?")
+            constants.append(first)
+        else:
+            picks.append(f"json_extract(value, '$[{len(varying)}]')")
+            varying.append(values)
     sql = (
         f"INSERT INTO {prep.format_table(table)} ({', '.join(prep.quote(c) for c in cols)}) "
-        f"SELECT {picks} FROM json_each(?) WHERE true "  # "WHERE true": see SQLite's upsert parsing
+        f"SELECT {', '.join(picks)} FROM json_each(?) WHERE true "  # see SQLite's upsert parsing
         f"ON CONFLICT ({', '.join(prep.quote(k) for k in keys)}) DO NOTHING"
     )
-    payload = json.dumps(list(zip(*columns, strict=True)))
-    return int(conn.exec_driver_sql(sql, (payload,)).rowcount)
+    payload = json.dumps(list(zip(*varying, strict=True)) if varying else [[]] * len(rows))
+    return int(conn.exec_driver_sql(sql, (*constants, payload)).rowcount)
 
 
 def _memoized(proc: Any) -> Any:
