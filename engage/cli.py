@@ -228,13 +228,16 @@ def dry_run_cmd(
     if as_json:
         print_json(report.to_json())
         return
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table("customer", "decision", "reason", "channel", "send at (UTC)")
     for e in report.decisions:
         d = e.decision
         reason = f"{d.reason}: {d.extra['error']}" if "error" in d.extra else d.reason or ""
-        table.add_row(d.customer_id, d.action, reason, d.channel or "", _ts(d.send_at))
+        table.add_row(
+            escape(d.customer_id), d.action, escape(reason), d.channel or "", _ts(d.send_at)
+        )
     if report.decisions:
         out.print(table)
     counts = ", ".join(f"{k}: {v:,}" for k, v in sorted(report.counts.items()))
@@ -417,19 +420,20 @@ def outbox_cmd(
     if as_json:
         print_json({"counts": counts, "messages": [r.to_json() for r in rows]})
         return
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table("id", "campaign", "customer", "channel", "status", "send after", "tries", "error")
     for r in rows:
-        table.add_row(
+        table.add_row(  # data, not Rich markup: "[400]" in a provider error stays as is
             str(r.id),
-            r.campaign,
-            r.customer_id,
+            escape(r.campaign),
+            escape(r.customer_id),
             r.channel,
             r.status,
             _ts(r.send_after),
             str(r.attempts),
-            (r.error or "")[:60],
+            escape((r.error or "")[:60]),
         )
     out.print(table)
     out.print(", ".join(f"{k}: {v:,}" for k, v in sorted(counts.items())) or "the outbox is empty")

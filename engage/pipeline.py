@@ -61,10 +61,10 @@ class Lane:
 
 
 class WriteBehind:
-    """Write jobs on a lane, at most one waiting behind the one running:
-    ``submit`` blocks while the lane is that far behind. ``finish()`` waits
-    for the rest; every job's result is in ``results``, in order, and a
-    failed job raises in the ``submit`` or ``finish`` that collects it."""
+    """Write jobs on a lane, one at a time: ``submit`` first waits for the
+    previous job, so a job never starts after an earlier one failed (the
+    failure raises in that ``submit`` or in ``finish``). Every job's result
+    is in ``results``, in order."""
 
     def __init__(self, lane: Lane):
         self._lane = lane
@@ -72,9 +72,8 @@ class WriteBehind:
         self.results: list[Any] = []
 
     def submit(self, job: Callable[..., Any], *args: Any) -> None:
+        self.finish()
         self._pending.append(self._lane.submit(job, *args))
-        while len(self._pending) > 1:
-            self.results.append(self._pending.popleft().result())
 
     def finish(self) -> list[Any]:
         while self._pending:

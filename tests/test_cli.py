@@ -135,7 +135,8 @@ def test_dry_run_names_the_template_line_of_a_render_error(
     project: tuple[Path, dict[str, str]],
 ) -> None:
     proj, env = project
-    (proj / "templates" / "winback" / "subject.j2").write_text("{{ customer.nickname }}\n")
+    # "[/b]" would be Rich markup (and crash the table) if printed as such
+    (proj / "templates" / "winback" / "subject.j2").write_text("{{ customer['[/b]nick'] }}\n")
     data = json.loads(run(["dry-run", "winback-30d", "--at", AT, "--json"], proj, env).stdout)
     by = {d["customer_id"]: d for d in data["decisions"]}
     broken = [d for d in data["decisions"] if d["reason"] == "render_error"]
@@ -144,11 +145,12 @@ def test_dry_run_names_the_template_line_of_a_render_error(
         assert d["channel"] == "email" and d["error"].startswith(
             "templates/winback/subject.j2:1: undefined:"
         )
-        assert "nickname" in d["error"]
+        assert "[/b]nick" in d["error"]
     assert by["c3"]["channel"] == "sms" and "error" not in by["c3"]  # SMS: no subject
     wide = {**env, "COLUMNS": "300"}  # one table row per decision
     table = run(["dry-run", "winback-30d", "--at", AT], proj, wide).stdout
     assert "render_error: templates/winback/subject.j2:1: undefined:" in table
+    assert "[/b]nick" in table
 
 
 def test_send_twice_preview_outbox_customer(project: tuple[Path, dict[str, str]]) -> None:

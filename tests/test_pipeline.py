@@ -9,12 +9,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, literal, select, union_all
+from sqlalchemy import (
+    Column,
+    Engine,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    literal,
+    select,
+    union_all,
+)
 from sqlalchemy.pool import StaticPool
 
 from engage import suppressions
 from engage.db import make_engine
-from engage.db.bulk import all_rows
+from engage.db.bulk import all_rows, insert_ignore
 from engage.db.models import Base, Message
 from engage.db.session import shared_across_threads
 from engage.pipeline import Lane, WriteBehind
@@ -52,6 +63,37 @@ def test_a_failed_job_raises_in_the_caller_and_the_lane_thread_ends() -> None:
     assert not [t for t in threading.enumerate() if t.name.startswith("t-fail")]
 
 
+def test_no_write_starts_after_an_earlier_one_failed() -> None:
+    ran: list[str] = []
+
+    def fail() -> None:
+        time.sleep(0.05)
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"), Lane("t-stop") as lane:
+        writer = WriteBehind(lane)
+        writer.submit(fail)
+        writer.submit(ran.append, "after")
+    assert ran == []
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite://",
+        "sqlite:///:memory:",
+        "sqlite:///file::memory:?cache=shared&uri=true",
+        "sqlite:///file:plans?mode=memory&cache=shared&uri=true",
+    ],
+)
+def test_in_memory_sqlite_never_runs_on_lanes(url: str) -> None:
+    engine = make_engine(url)
+    try:
+        assert not shared_across_threads(engine)
+    finally:
+        engine.dispose()
+
+
 def test_an_unthreaded_lane_runs_each_job_at_once() -> None:
     with Lane("t-inline", threaded=False) as lane:
         done = lane.submit(lambda: threading.current_thread().name)
@@ -70,6 +112,55 @@ def test_all_rows_matches_a_plain_fetch(engine: Engine) -> None:
         plain = [tuple(r) for r in conn.execute(query)]
         assert sorted(all_rows(conn, query), key=str) == sorted(plain, key=str)
         assert all_rows(conn, select(literal(1)).where(literal(1) == 2)) == []
+
+
+def test_sqlite_bulk_insert_keeps_values_json_would_change(sqlite_engine: Engine) -> None:
+    """NUL, lone surrogates, 64-bit overflow and non-finite floats take the
+    plain parameter path; everything else goes through one JSON array."""
+    meta = MetaData()
+    t = Table(
+        "odd",
+        meta,
+        Column("k", String, primary_key=True),
+        Column("s", String),
+        Column("n", Integer),
+        Column("f", Float),
+    )
+    meta.create_all(sqlite_engine)
+    batches = [
+        [  # one JSON array
+            {"k": "plain", "s": 'ü – "q" \\', "n": 2**53, "f": 0.1},
+            {"k": "plain2", "s": None, "n": -1, "f": None},
+        ],
+        # The others take plain parameters. (Two rows each: a column with one
+        # value in every row is bound as a parameter anyway.)
+        [{"k": "nul", "s": "a\x00b", "n": 1, "f": 1.5}, {"k": "nul2", "s": "", "n": 0, "f": 0.0}],
+        [
+            {"k": "big", "s": "w", "n": 2**63 - 1, "f": 2.0},
+            {"k": "big2", "s": "y", "n": 0, "f": 0.0},
+        ],
+        [
+            {"k": "inf", "s": "x", "n": 2, "f": float("inf")},
+            {"k": "inf2", "s": "z", "n": 3, "f": 0.0},
+        ],
+    ]
+    with sqlite_engine.begin() as conn:
+        for rows in batches:
+            assert insert_ignore(conn, t, rows, ["k"]) == len(rows)
+        assert insert_ignore(conn, t, [r for b in batches for r in b], ["k"]) == 0
+        got = {r.k: (r.s, r.n, r.f) for r in conn.execute(select(t))}
+    with pytest.raises(UnicodeEncodeError), sqlite_engine.begin() as conn:  # refused, not mangled
+        insert_ignore(conn, t, [{"k": "s1", "s": "\udc80"}, {"k": "s2", "s": "v"}], ["k"])
+    assert got == {
+        "plain": ('ü – "q" \\', 2**53, 0.1),
+        "plain2": (None, -1, None),
+        "nul": ("a\x00b", 1, 1.5),
+        "nul2": ("", 0, 0.0),
+        "big": ("w", 2**63 - 1, 2.0),
+        "big2": ("y", 0, 0.0),
+        "inf": ("x", 2, float("inf")),
+        "inf2": ("z", 3, 0.0),
+    }
 
 
 def _shop(engine: Engine) -> None:

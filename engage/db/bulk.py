@@ -14,6 +14,7 @@ array parameter on PostgreSQL.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from datetime import date, datetime
 from decimal import Decimal
@@ -81,14 +82,17 @@ def _sqlite_insert_ignore(
     dialect = conn.dialect
     cols = list(rows[0])
     prep = dialect.identifier_preparer
-    picks: list[str] = []
-    constants: list[Any] = []  # a column with one value for every row is bound once
-    varying: list[list[Any]] = []
+    columns = []
     for c in cols:
         proc = table.c[c].type._cached_bind_processor(dialect)
         values = [row[c] for row in rows]
-        if proc is not None:
-            values = list(map(_memoized(proc), values))
+        columns.append(values if proc is None else list(map(_memoized(proc), values)))
+    into = f"INSERT INTO {prep.format_table(table)} ({', '.join(prep.quote(c) for c in cols)}) "
+    conflict = f"ON CONFLICT ({', '.join(prep.quote(k) for k in keys)}) DO NOTHING"
+    picks: list[str] = []
+    constants: list[Any] = []  # a column with one value for every row is bound once
+    varying: list[list[Any]] = []
+    for values in columns:
         first = values[0]
         if all(type(v) is type(first) for v in values) and len(set(values)) == 1:
             picks.append("?")
@@ -96,13 +100,24 @@ def _sqlite_insert_ignore(
         else:
             picks.append(f"json_extract(value, '$[{len(varying)}]')")
             varying.append(values)
-    sql = (
-        f"INSERT INTO {prep.format_table(table)} ({', '.join(prep.quote(c) for c in cols)}) "
-        f"SELECT {', '.join(picks)} FROM json_each(?) WHERE true "  # see SQLite's upsert parsing
-        f"ON CONFLICT ({', '.join(prep.quote(k) for k in keys)}) DO NOTHING"
-    )
-    payload = json.dumps(list(zip(*varying, strict=True)) if varying else [[]] * len(rows))
+    try:
+        payload = json.dumps(
+            list(zip(*varying, strict=True)) if varying else [[]] * len(rows), allow_nan=False
+        )
+    except ValueError:  # NaN or infinity: no such JSON number
+        payload = None
+    if payload is None or _NOT_JSON_SAFE.search(payload):
+        # Values JSON would change: NUL (SQLite's JSON ends text there), lone
+        # surrogates, integers beyond 64 bits. Bind them as they are instead.
+        sql = f"{into}VALUES ({', '.join('?' for _ in cols)}) {conflict}"
+        return int(conn.exec_driver_sql(sql, list(zip(*columns, strict=True))).rowcount)
+    sql = f"{into}SELECT {', '.join(picks)} FROM json_each(?) WHERE true {conflict}"
     return int(conn.exec_driver_sql(sql, (*constants, payload)).rowcount)
+
+
+# In a JSON text: an escaped NUL or lone surrogate, or a number of 19+ digits
+# (also matches such digits inside a string: then the safe path is taken anyway).
+_NOT_JSON_SAFE = re.compile(r"\\u0000|\\ud[89a-f]|\d{19}", re.IGNORECASE)
 
 
 def _memoized(proc: Any) -> Any:
@@ -159,8 +174,9 @@ def all_rows(conn: Connection, query: Select[Any] | CompoundSelect) -> list[tupl
     On SQLite the database builds one JSON array of the rows: the driver then
     releases the GIL once for the statement instead of once per row, which
     matters on a background thread (see ``engage.pipeline``). Values come back
-    as the JSON types give them (text, integers, reals, NULL), without the
-    column types' result processing; the callers read only such values.
+    as JSON gives them, without the column types' result processing: text,
+    integers and NULL exactly, reals to 15 significant digits only, and no
+    BLOBs. The callers read text and integers only.
     """
     if conn.dialect.name != "sqlite":
         return [tuple(row) for row in conn.execute(query)]

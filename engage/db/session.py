@@ -57,7 +57,13 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 def shared_across_threads(engine: Engine) -> bool:
     """Whether connections checked out in different threads reach the same
     database and may be used at once: not so for in-memory SQLite (a database
-    per connection, a connection per thread) nor for one shared connection."""
+    per connection, a connection per thread; or, shared-cache, table locks
+    that fail at once instead of waiting) nor for one shared connection."""
+    url = engine.url
+    if url.get_backend_name() == "sqlite":
+        name = url.database or ""
+        if name in ("", ":memory:") or "memory" in name or url.query.get("mode") == "memory":
+            return False
     return not isinstance(engine.pool, SingletonThreadPool | StaticPool)
 
 
