@@ -425,7 +425,7 @@ def outbox_cmd(
 
     table = Table("id", "campaign", "customer", "channel", "status", "send after", "tries", "error")
     for r in rows:
-        table.add_row(  # data, not Rich markup: "[400]" in a provider error stays as is
+        table.add_row(  # data, not Rich markup: "[/b]" in an error must not end a style
             str(r.id),
             escape(r.campaign),
             escape(r.customer_id),
