@@ -15,7 +15,6 @@ returns everything in one call (see ``db.bulk.all_rows``) pays it once.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
@@ -68,14 +67,15 @@ class WriteBehind:
 
     def __init__(self, lane: Lane):
         self._lane = lane
-        self._pending: deque[Future[Any]] = deque()
+        self._running: Future[Any] | None = None
         self.results: list[Any] = []
 
     def submit(self, job: Callable[..., Any], *args: Any) -> None:
         self.finish()
-        self._pending.append(self._lane.submit(job, *args))
+        self._running = self._lane.submit(job, *args)
 
     def finish(self) -> list[Any]:
-        while self._pending:
-            self.results.append(self._pending.popleft().result())
+        if self._running is not None:
+            running, self._running = self._running, None
+            self.results.append(running.result())
         return self.results

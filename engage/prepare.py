@@ -28,6 +28,7 @@ from sqlalchemy import Engine
 from . import logs, suppressions
 from .channels.base import Outgoing
 from .config import Config
+from .db.session import in_memory_sqlite
 from .errors import EngageError
 from .policy import Suppressions, reachability
 from .recipients import Recipient, load_recipients
@@ -242,10 +243,9 @@ class Helper:
 def helper_url(engine: Engine) -> str | None:
     """The URL a helper process can open, or None if it cannot share this
     database (an in-memory SQLite database lives only in this process)."""
-    url = engine.url
-    if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
+    if in_memory_sqlite(engine.url):
         return None
-    return url.render_as_string(hide_password=False)
+    return engine.url.render_as_string(hide_password=False)
 
 
 __all__ = ["Claimed", "Helper", "Outcome", "Ready", "helper_url", "prepare"]

@@ -30,6 +30,7 @@ from engage.db.models import Base, Message
 from engage.db.session import shared_across_threads
 from engage.pipeline import Lane, WriteBehind
 from engage.planner import plan_occurrence
+from engage.prepare import helper_url
 
 from .helpers import NOW, add_customer, add_interaction, make_config
 from .test_planner import campaign
@@ -90,6 +91,15 @@ def test_in_memory_sqlite_never_runs_on_lanes(url: str) -> None:
     engine = make_engine(url)
     try:
         assert not shared_across_threads(engine)
+        assert helper_url(engine) is None  # nor in the dispatcher's helper process
+    finally:
+        engine.dispose()
+
+
+def test_a_file_named_memory_is_an_ordinary_database(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'memory.db'}")
+    try:
+        assert shared_across_threads(engine) and helper_url(engine) is not None
     finally:
         engine.dispose()
 

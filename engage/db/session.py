@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import SingletonThreadPool, StaticPool
@@ -54,16 +54,26 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     return create_engine(url, **kwargs)
 
 
+def in_memory_sqlite(url: URL) -> bool:
+    """An SQLite database that lives in this process only: ``sqlite://``,
+    ``:memory:``, and the URI forms ``file::memory:`` and ``?mode=memory``."""
+    if url.get_backend_name() != "sqlite":
+        return False
+    name = url.database or ""
+    return (
+        name in ("", ":memory:")
+        or name.startswith("file::memory:")
+        or url.query.get("mode") == "memory"
+    )
+
+
 def shared_across_threads(engine: Engine) -> bool:
     """Whether connections checked out in different threads reach the same
     database and may be used at once: not so for in-memory SQLite (a database
     per connection, a connection per thread; or, shared-cache, table locks
     that fail at once instead of waiting) nor for one shared connection."""
-    url = engine.url
-    if url.get_backend_name() == "sqlite":
-        name = url.database or ""
-        if name in ("", ":memory:") or "memory" in name or url.query.get("mode") == "memory":
-            return False
+    if in_memory_sqlite(engine.url):
+        return False
     return not isinstance(engine.pool, SingletonThreadPool | StaticPool)
 
 
