@@ -110,6 +110,12 @@ def conditions(audience: Any, config: Config, as_of: datetime) -> list[ColumnEle
     """
     c = Customer.__table__.c
     out: list[ColumnElement[bool]] = [c.created_at <= _at(as_of)]
+    # When the audience requires an order and orders count as engagement, every
+    # member has engaged, so last activity is the latest engagement and the
+    # created_at branches below are decided: leaving them out gives the
+    # database plain probes instead of ORs (PostgreSQL planned the OR form as a
+    # hash semi-join over every order: 6.8x the time of the same set without).
+    engaged = _requires_order(audience) and _order_is_engagement(config)
 
     def ago(d: timedelta) -> Any:
         return _at(as_of - d)
@@ -117,15 +123,19 @@ def conditions(audience: Any, config: Config, as_of: datetime) -> list[ColumnEle
     if audience.quiet_for is not None:
         t = ago(audience.quiet_for)
         out.append(~_engaged(config, as_of, after=t))
-        out.append(or_(c.created_at <= t, _engaged(config, as_of, upto=t)))
+        if not engaged:  # else: some engagement <= as_of, none after t, so one <= t
+            out.append(or_(c.created_at <= t, _engaged(config, as_of, upto=t)))
     if audience.active_within is not None:
         t = ago(audience.active_within)
-        out.append(
-            or_(
-                _engaged_since(config, as_of, t),
-                and_(c.created_at >= t, ~_engaged(config, as_of)),
+        if engaged:
+            out.append(_engaged_since(config, as_of, t))
+        else:
+            out.append(
+                or_(
+                    _engaged_since(config, as_of, t),
+                    and_(c.created_at >= t, ~_engaged(config, as_of)),
+                )
             )
-        )
     if audience.min_orders is not None and audience.min_orders > 0:
         if audience.min_orders == 1:
             out.append(exists(select(literal(1)).where(orders_where(as_of))))
@@ -154,6 +164,22 @@ def conditions(audience: Any, config: Config, as_of: datetime) -> list[ColumnEle
     if audience.where:
         out.extend(_where_attributes(audience.where))
     return out
+
+
+def _requires_order(audience: Any) -> bool:
+    """Whether every member of the audience has at least one order by ``as_of``."""
+    return bool(
+        (audience.min_orders or 0) >= 1
+        or audience.last_order_within is not None
+        or (audience.min_lifetime_value is not None and audience.min_lifetime_value > 0)
+    )
+
+
+def _order_is_engagement(config: Config) -> bool:
+    """Whether an ``order`` interaction counts as activity (see ``engagement_filter``)."""
+    if config.engagement_kinds is not None:
+        return "order" in config.engagement_kinds
+    return "order" not in config.ignored_kinds
 
 
 def _engaged_since(config: Config, as_of: datetime, since: Any) -> Any:
