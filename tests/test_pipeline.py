@@ -25,7 +25,7 @@ from sqlalchemy.pool import StaticPool
 
 from engage import suppressions
 from engage.db import make_engine
-from engage.db.bulk import all_rows, insert_ignore
+from engage.db.bulk import all_rows, in_values, insert_ignore
 from engage.db.models import Base, Message
 from engage.db.session import shared_across_threads
 from engage.pipeline import Lane, WriteBehind
@@ -122,6 +122,29 @@ def test_all_rows_matches_a_plain_fetch(engine: Engine) -> None:
         plain = [tuple(r) for r in conn.execute(query)]
         assert sorted(all_rows(conn, query), key=str) == sorted(plain, key=str)
         assert all_rows(conn, select(literal(1)).where(literal(1) == 2)) == []
+
+
+def test_in_values_is_one_cached_statement_whatever_the_list(engine: Engine) -> None:
+    """The list is a bound parameter: the statement compiles once, and each
+    execution sees its own list (a cache that kept the first list would not)."""
+    meta = MetaData()
+    t = Table("iv", meta, Column("k", String, primary_key=True), Column("n", Integer))
+    meta.create_all(engine)
+    keys = ["a", "b", "ü – 'q'", 'd"q', "e,f", "7"]
+    with engine.begin() as conn:
+        conn.execute(t.insert(), [{"k": k, "n": i} for i, k in enumerate(keys)])
+    with engine.connect() as conn:
+
+        def pick(values: list[Any], column: Any = t.c.k) -> tuple[list[str], str]:
+            result = conn.execute(select(t.c.k).where(in_values(column, values)).order_by(t.c.n))
+            return [r[0] for r in result], result.context._get_cache_stats()
+
+        assert pick(["a", "b"])[0] == ["a", "b"]
+        got, stats = pick(["ü – 'q'", 'd"q', "e,f", "missing"])
+        assert got == ["ü – 'q'", 'd"q', "e,f"] and stats.startswith("cached")
+        assert pick([])[0] == []
+        assert pick([5, 1], t.c.n)[0] == ["b", "7"]
+        assert pick([3], t.c.n)[1].startswith("cached")
 
 
 def test_sqlite_bulk_insert_keeps_values_json_would_change(sqlite_engine: Engine) -> None:

@@ -24,7 +24,9 @@ from sqlalchemy import (
     Boolean,
     ColumnElement,
     Connection,
+    String,
     Table,
+    TypeDecorator,
     any_,
     bindparam,
     column,
@@ -33,6 +35,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import CompileError
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.selectable import CompoundSelect, Select
 from sqlalchemy.sql.visitors import InternalTraversal
@@ -185,15 +188,46 @@ def all_rows(conn: Connection, query: Select[Any] | CompoundSelect) -> list[tupl
     return [tuple(row) for row in json.loads(payload)]
 
 
-class _InValues(ColumnElement[bool]):
-    """``column IN (values)``, compiled per dialect (see ``in_values``)."""
+class _ValueList(TypeDecorator[list[Any]]):
+    """A Python list bound as one parameter: a JSON array on SQLite (read with
+    ``json_each``), an array of the column's type on PostgreSQL."""
 
-    inherit_cache = False  # the values are part of the element: never cache it
+    impl = String
+    cache_ok = True
+
+    def __init__(self, item_type: Any) -> None:
+        super().__init__()
+        self.item_type = item_type
+
+    def load_dialect_impl(self, dialect: Any) -> Any:
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(postgresql.ARRAY(self.item_type))
+        return dialect.type_descriptor(String())
+
+    def process_bind_param(self, value: Any, dialect: Any) -> Any:
+        if value is None or dialect.name == "postgresql":
+            return value
+        return json.dumps(list(value), default=_json_default)
+
+
+class _InValues(ColumnElement[bool]):
+    """``column IN (values)``, compiled per dialect (see ``in_values``).
+
+    The values are a bound parameter, not part of the statement, so a query
+    using this compiles once and comes from SQLAlchemy's cache afterwards
+    (a planner batch, a dispatch batch: the same statement with another list).
+    """
+
+    inherit_cache = True
     type = Boolean()
+    _traverse_internals = [
+        ("column", InternalTraversal.dp_clauseelement),
+        ("param", InternalTraversal.dp_clauseelement),
+    ]
 
     def __init__(self, column: ColumnElement[Any], values: Sequence[Any]) -> None:
         self.column = column
-        self.values = list(values)
+        self.param = bindparam(None, list(values), type_=_ValueList(column.type))
 
     @property
     def _from_objects(self) -> list[Any]:  # type: ignore[override]
@@ -207,20 +241,18 @@ class _InValues(ColumnElement[bool]):
 
 @compiles(_InValues)
 def _in_values_default(element: _InValues, compiler: Any, **kw: Any) -> str:
-    return str(compiler.process(element.column.in_(element.values), **kw))
+    raise CompileError(f"in_values() supports SQLite and PostgreSQL, not {compiler.dialect.name}")
 
 
 @compiles(_InValues, "sqlite")
 def _in_values_sqlite(element: _InValues, compiler: Any, **kw: Any) -> str:
-    param: Any = bindparam(None, json.dumps(element.values, default=_json_default))
-    values: Any = select(column("value")).select_from(func.json_each(param))
+    values: Any = select(column("value")).select_from(func.json_each(element.param))
     return str(compiler.process(element.column.in_(values.scalar_subquery()), **kw))
 
 
 @compiles(_InValues, "postgresql")
 def _in_values_pg(element: _InValues, compiler: Any, **kw: Any) -> str:
-    param: Any = bindparam(None, element.values, type_=postgresql.ARRAY(element.column.type))
-    return str(compiler.process(element.column == any_(param), **kw))
+    return str(compiler.process(element.column == any_(element.param), **kw))
 
 
 class _NoIndex(ColumnElement[Any]):
