@@ -25,8 +25,8 @@ from sqlalchemy.pool import StaticPool
 
 from engage import suppressions
 from engage.db import make_engine
-from engage.db.bulk import all_rows, in_values, insert_ignore
-from engage.db.models import Base, Message
+from engage.db.bulk import all_rows, in_values, insert_ignore, update_rows
+from engage.db.models import Base, Message, UTCDateTime
 from engage.db.session import shared_across_threads
 from engage.pipeline import Lane, WriteBehind
 from engage.planner import plan_occurrence
@@ -147,6 +147,42 @@ def test_in_values_is_one_cached_statement_whatever_the_list(engine: Engine) -> 
         assert pick([3], t.c.n)[1].startswith("cached")
 
 
+def test_update_rows_sets_each_rows_values_where_the_guard_holds(engine: Engine) -> None:
+    meta = MetaData()
+    t = Table(
+        "ur",
+        meta,
+        Column("id", Integer, primary_key=True),
+        Column("owner", String),
+        Column("note", String),
+        Column("at", UTCDateTime()),
+    )
+    meta.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(t.insert(), [{"id": i, "owner": "me" if i < 4 else "other"} for i in range(6)])
+    when = NOW + timedelta(hours=1)
+    rows = [
+        {"id": 0, "note": "ü – 'q' \"\\", "at": when, "owner": None},
+        {"id": 1, "note": None, "at": None, "owner": None},
+        {"id": 4, "note": "not ours", "at": when, "owner": None},  # the guard refuses it
+        {"id": 9, "note": "missing", "at": when, "owner": None},
+    ]
+    with engine.begin() as conn:
+        assert update_rows(conn, t, rows, "id", {"owner": "me"}) == 2
+        # one row: every value is bound as a constant
+        assert update_rows(conn, t, [{"id": 2, "note": "one"}], "id", {"owner": "me"}) == 1
+        assert update_rows(conn, t, [], "id") == 0
+        got = {r.id: (r.owner, r.note, r.at) for r in conn.execute(select(t))}
+    assert got == {
+        0: (None, "ü – 'q' \"\\", when),
+        1: (None, None, None),
+        2: ("me", "one", None),
+        3: ("me", None, None),
+        4: ("other", None, None),
+        5: ("other", None, None),
+    }
+
+
 def test_sqlite_bulk_insert_keeps_values_json_would_change(sqlite_engine: Engine) -> None:
     """NUL, lone surrogates, 64-bit overflow and non-finite floats take the
     plain parameter path; everything else goes through one JSON array."""
@@ -182,6 +218,13 @@ def test_sqlite_bulk_insert_keeps_values_json_would_change(sqlite_engine: Engine
             assert insert_ignore(conn, t, rows, ["k"]) == len(rows)
         assert insert_ignore(conn, t, [r for b in batches for r in b], ["k"]) == 0
         got = {r.k: (r.s, r.n, r.f) for r in conn.execute(select(t))}
+        # update_rows takes the same care
+        changed = [{"k": "plain", "s": "c\x00d", "n": 2**63 - 1}, {"k": "plain2", "s": "e", "n": 5}]
+        assert update_rows(conn, t, changed, "k", {"f": 0.1}) == 1  # plain2's f is NULL
+        assert conn.execute(select(t.c.s, t.c.n).where(t.c.k == "plain")).one() == (
+            "c\x00d",
+            2**63 - 1,
+        )
     with pytest.raises(UnicodeEncodeError), sqlite_engine.begin() as conn:  # refused, not mangled
         insert_ignore(conn, t, [{"k": "s1", "s": "\udc80"}, {"k": "s2", "s": "v"}], ["k"])
     assert got == {

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
@@ -29,10 +29,12 @@ from sqlalchemy import (
     TypeDecorator,
     any_,
     bindparam,
+    cast,
     column,
     func,
     select,
     text,
+    update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import CompileError
@@ -66,56 +68,77 @@ def _sqlite_insert_ignore(
     conn: Connection, table: Table, rows: Sequence[dict[str, Any]], keys: Sequence[str]
 ) -> int:
     """One statement whatever the batch size: the rows travel as one JSON
-    array expanded by ``json_each``.
+    array expanded by ``json_each`` (see ``_SqliteJsonRows``).
 
     Why not the Core insert: SQLAlchemy's insertmanyvalues path builds and
     bind-processes a parameter dict per row, several times the cost of the
-    insert itself at 100,000 rows. Here each column's bind processor (the
-    column type's own, so stored values are identical) runs once per distinct
-    value: a plan's ``planned_at``/``updated_at``/``send_after`` take a
-    handful of values. Why not the driver's ``executemany``, which costs the
-    same on one thread: it releases and retakes the GIL around every row, and
-    each retake waits out the switch interval of any busy thread, so a
-    planner writing on one thread while deciding on another would crawl. One
-    statement releases the GIL once. ``json_extract`` returns SQL text,
-    integers, reals and NULL exactly as the processed values would bind. A
-    column with the same value in every row (a plan's campaign, run, template,
-    instants) is bound once instead: less JSON to build and to parse.
+    insert itself at 100,000 rows. Why not the driver's ``executemany``, which
+    costs the same on one thread: it releases and retakes the GIL around every
+    row, and each retake waits out the switch interval of any busy thread, so
+    a planner writing on one thread while deciding on another would crawl. One
+    statement releases the GIL once.
     """
-    dialect = conn.dialect
+    prep = conn.dialect.identifier_preparer
     cols = list(rows[0])
-    prep = dialect.identifier_preparer
-    columns = []
-    for c in cols:
-        proc = table.c[c].type._cached_bind_processor(dialect)
-        values = [row[c] for row in rows]
-        columns.append(values if proc is None else list(map(_memoized(proc), values)))
+    data = _SqliteJsonRows(conn.dialect, table, cols, rows)
     into = f"INSERT INTO {prep.format_table(table)} ({', '.join(prep.quote(c) for c in cols)}) "
     conflict = f"ON CONFLICT ({', '.join(prep.quote(k) for k in keys)}) DO NOTHING"
-    picks: list[str] = []
-    constants: list[Any] = []  # a column with one value for every row is bound once
-    varying: list[list[Any]] = []
-    for values in columns:
-        first = values[0]
-        if all(type(v) is type(first) for v in values) and len(set(values)) == 1:
-            picks.append("?")
-            constants.append(first)
-        else:
-            picks.append(f"json_extract(value, '$[{len(varying)}]')")
-            varying.append(values)
-    try:
-        payload = json.dumps(
-            list(zip(*varying, strict=True)) if varying else [[]] * len(rows), allow_nan=False
-        )
-    except ValueError:  # NaN or infinity: no such JSON number
-        payload = None
-    if payload is None or _NOT_JSON_SAFE.search(payload):
-        # Values JSON would change: NUL (SQLite's JSON ends text there), lone
-        # surrogates, integers beyond 64 bits. Bind them as they are instead.
+    if data.payload is None:
         sql = f"{into}VALUES ({', '.join('?' for _ in cols)}) {conflict}"
-        return int(conn.exec_driver_sql(sql, list(zip(*columns, strict=True))).rowcount)
-    sql = f"{into}SELECT {', '.join(picks)} FROM json_each(?) WHERE true {conflict}"
-    return int(conn.exec_driver_sql(sql, (*constants, payload)).rowcount)
+        return int(conn.exec_driver_sql(sql, data.tuples()).rowcount)
+    picks = ", ".join(data.picks("value"))
+    sql = f"{into}SELECT {picks} FROM json_each(?) WHERE true {conflict}"
+    return int(conn.exec_driver_sql(sql, (*data.constants, data.payload)).rowcount)
+
+
+class _SqliteJsonRows:
+    """Rows of ``table`` as one JSON array for SQLite's ``json_each``.
+
+    Each column's bind processor (the column type's own, so stored values are
+    identical) runs once per distinct value: a plan's instants take a handful
+    of values. ``json_extract`` returns SQL text, integers, reals and NULL
+    exactly as the processed values would bind. A column with the same value
+    in every row (a plan's campaign, run, template, instants; an outcome's
+    status) is bound once instead: less JSON to build and to parse.
+    ``payload`` is None when JSON would change a value (NUL, which ends text
+    in SQLite's JSON; lone surrogates; integers beyond 64 bits; NaN or
+    infinity): callers then bind ``tuples()`` row by row instead.
+    """
+
+    def __init__(
+        self, dialect: Any, table: Table, cols: Sequence[str], rows: Sequence[dict[str, Any]]
+    ) -> None:
+        self.columns: list[list[Any]] = []
+        for c in cols:
+            proc = table.c[c].type._cached_bind_processor(dialect)
+            values = [row[c] for row in rows]
+            self.columns.append(values if proc is None else list(map(_memoized(proc), values)))
+        self.constants: list[Any] = []
+        self._slots: list[int | None] = []  # JSON array index of each column, None: constant
+        varying: list[list[Any]] = []
+        for values in self.columns:
+            first = values[0]
+            if all(type(v) is type(first) for v in values) and len(set(values)) == 1:
+                self._slots.append(None)
+                self.constants.append(first)
+            else:
+                self._slots.append(len(varying))
+                varying.append(values)
+        try:
+            payload: str | None = json.dumps(
+                list(zip(*varying, strict=True)) if varying else [[]] * len(rows), allow_nan=False
+            )
+        except ValueError:  # NaN or infinity: no such JSON number
+            payload = None
+        self.payload = None if payload is None or _NOT_JSON_SAFE.search(payload) else payload
+
+    def picks(self, value: str) -> list[str]:
+        """Per column: ``?`` (a constant, bound in ``constants`` order) or the
+        ``json_extract`` of its slot from the ``json_each`` column ``value``."""
+        return ["?" if i is None else f"json_extract({value}, '$[{i}]')" for i in self._slots]
+
+    def tuples(self) -> list[tuple[Any, ...]]:
+        return list(zip(*self.columns, strict=True))
 
 
 # In a JSON text: an escaped NUL or lone surrogate, or a number of 19+ digits
@@ -169,6 +192,72 @@ def _pg_insert_ignore(
     # A plan's rows share a few instants: serialise each distinct one once.
     payload = json.dumps(list(rows), default=_memoized(_json_default))
     return len(conn.execute(sql, {"rows": payload}).all())
+
+
+def update_rows(
+    conn: Connection,
+    table: Table,
+    rows: Sequence[dict[str, Any]],
+    key: str,
+    guard: Mapping[str, Any] | None = None,
+) -> int:
+    """For every row: ``UPDATE table SET <its other columns> WHERE key = <its
+    key>`` and every ``guard`` column equals its value. Returns the number of
+    rows updated.
+
+    Every row must carry the same columns (the first row's keys are used). One
+    statement whatever the number of rows, the targets found by their key:
+    PostgreSQL joins the rows as one JSON document (``jsonb_to_recordset``),
+    SQLite as one JSON array (``json_each``), with the guard columns kept from
+    driving the query (``+column``). (A statement per row was psycopg's
+    executemany, prepared generically: from the statistics of an outbox that
+    was empty when last analyzed, PostgreSQL planned each as a sequential
+    scan. On SQLite one statement costs 40% of an executemany's CPU.)
+    """
+    if not rows:
+        return 0
+    guard = dict(guard or {})
+    cols = [c for c in rows[0] if c != key]
+    if conn.dialect.name == "postgresql":
+        values = (
+            func.jsonb_to_recordset(cast(bindparam("rows", type_=String()), postgresql.JSONB))
+            .table_valued(*(column(c, table.c[c].type) for c in [key, *cols]))
+            .render_derived(name="v", with_types=True)
+        )
+        stmt = (
+            update(table)
+            .where(table.c[key] == values.c[key], *(table.c[c] == v for c, v in guard.items()))
+            .values({c: values.c[c] for c in cols})
+        )
+        payload = json.dumps(list(rows), default=_memoized(_json_default))
+        return int(conn.execute(stmt, {"rows": payload}).rowcount)
+    prep = conn.dialect.identifier_preparer
+    name = prep.format_table(table)
+    data = _SqliteJsonRows(conn.dialect, table, [key, *cols], rows)
+    checks = _SqliteJsonRows(conn.dialect, table, list(guard), [guard]) if guard else None
+    where = [f"+{name}.{prep.quote(c)} = ?" for c in guard]
+    guard_values = checks.constants if checks else []
+    if data.payload is None:  # values JSON would change: one row at a time
+        sets = ", ".join(f"{prep.quote(c)} = ?" for c in cols)
+        sql = f"UPDATE {name} SET {sets} WHERE {' AND '.join([f'{prep.quote(key)} = ?', *where])}"
+        params = [(*row[1:], row[0], *guard_values) for row in data.tuples()]
+        return int(conn.exec_driver_sql(sql, params).rowcount)
+    key_pick, *picks = data.picks("v.value")
+    sets = ", ".join(f"{prep.quote(c)} = {pick}" for c, pick in zip(cols, picks, strict=True))
+    sql = (
+        f"UPDATE {name} SET {sets} FROM json_each(?) AS v "
+        f"WHERE {' AND '.join([f'{name}.{prep.quote(key)} = {key_pick}', *where])}"
+    )
+    # Parameters in the order of their "?": SET constants, the JSON, the key
+    # (if constant), the guards.
+    constants = iter(data.constants)
+    key_constant = [next(constants)] if key_pick == "?" else []
+    set_constants = list(constants)
+    return int(
+        conn.exec_driver_sql(
+            sql, (*set_constants, data.payload, *key_constant, *guard_values)
+        ).rowcount
+    )
 
 
 def all_rows(conn: Connection, query: Select[Any] | CompoundSelect) -> list[tuple[Any, ...]]:
