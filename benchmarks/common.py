@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, delete, func, select
+from sqlalchemy import Engine, delete, func, select, text
 
 from engage.campaigns.schema import Campaign
 from engage.config import Config
@@ -169,12 +169,22 @@ def count_customers(engine: Engine) -> int:
 
 
 def cleanup(engine: Engine) -> None:
-    """Remove every row an earlier run added (``bench-*`` campaigns, our suppressions)."""
+    """Remove every row an earlier run added (``bench-*`` campaigns, our suppressions).
+
+    On PostgreSQL the tables are vacuumed afterwards: a run deletes about a
+    million rows (the memory plan covers every customer), and without
+    autovacuum (it can be off, as on our benchmark server) the next group
+    would scan their dead index entries: a dispatch claim on an empty outbox
+    took 14 ms walking 610,000 of them."""
     m, r, s = Message.__table__, CampaignRun.__table__, Suppression.__table__
     with engine.begin() as conn:
-        conn.execute(delete(m).where(m.c.campaign.startswith(PREFIX)))
-        conn.execute(delete(r).where(r.c.campaign.startswith(PREFIX)))
-        conn.execute(delete(s).where(s.c.source == SOURCE))
+        deleted = conn.execute(delete(m).where(m.c.campaign.startswith(PREFIX))).rowcount
+        deleted += conn.execute(delete(r).where(r.c.campaign.startswith(PREFIX))).rowcount
+        deleted += conn.execute(delete(s).where(s.c.source == SOURCE)).rowcount
+    if engine.dialect.name == "postgresql" and deleted:
+        tables = ", ".join(t.name for t in (m, r, s))
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text(f"VACUUM (ANALYZE) {tables}"))
 
 
 @contextmanager
