@@ -23,7 +23,8 @@ from sqlalchemy import Engine, insert
 from engage.campaigns.audience import audience_ids, count_audience, stream_audience
 from engage.campaigns.schema import Audience
 from engage.config import Config
-from engage.db.models import Customer, Interaction
+from engage.db.models import Customer, Interaction, PointsLot
+from engage.recipients import load_recipients
 
 AS_OF = datetime(2026, 6, 15, 12, 0, tzinfo=UTC)
 D = timedelta(days=1)
@@ -37,6 +38,9 @@ class Shopper:
     created: datetime
     tier: str
     events: list[tuple[str, datetime, Decimal | None]] = field(default_factory=list)
+    lots: list[tuple[int, int, datetime, datetime]] = field(default_factory=list)  # points, left
+    attributes: dict[str, Any] = field(default_factory=dict)
+    email_opt_in: bool = True
 
 
 def make_shop(rng: random.Random, n: int = 160) -> list[Shopper]:
@@ -48,6 +52,12 @@ def make_shop(rng: random.Random, n: int = 160) -> list[Shopper]:
             when = max(s.created, AS_OF - rng.uniform(-10, 700) * D)
             amount = Decimal(rng.randint(0, 9000)) / 100 if kind == "order" else None
             s.events.append((kind, when, amount))
+        for _ in range(rng.choice((0, 1, 2))):
+            points = rng.randint(1, 500)
+            earned = AS_OF - rng.uniform(-5, 400) * D
+            s.lots.append((points, rng.choice((0, points, points // 2)), earned, earned + 365 * D))
+        s.attributes = rng.choice(({}, {"country": "US"}, {"vip": True, "n": 3, "name": "Zoë"}))
+        s.email_opt_in = rng.random() < 0.8
         shop.append(s)
     return shop
 
@@ -87,7 +97,27 @@ def reference(shop: list[Shopper], a: Audience, config: Config) -> set[str]:
 
 def load(engine: Engine, shop: list[Shopper]) -> None:
     customers = [
-        {"id": s.id, "created_at": s.created, "tier": s.tier, "attributes": {}} for s in shop
+        {
+            "id": s.id,
+            "created_at": s.created,
+            "tier": s.tier,
+            "attributes": s.attributes,
+            "email": f"{s.id}@example.com",
+            "email_opt_in": s.email_opt_in,
+        }
+        for s in shop
+    ]
+    lots = [
+        {
+            "customer_id": s.id,
+            "points": points,
+            "remaining": left,
+            "earned_at": earned,
+            "expires_at": expires,
+            "external_id": f"{s.id}-lot{n}",
+        }
+        for s in shop
+        for n, (points, left, earned, expires) in enumerate(s.lots)
     ]
     events: list[dict[str, Any]] = [
         {
@@ -104,6 +134,7 @@ def load(engine: Engine, shop: list[Shopper]) -> None:
     with engine.begin() as conn:
         conn.execute(insert(Customer), customers)
         conn.execute(insert(Interaction), events)
+        conn.execute(insert(PointsLot), lots)
 
 
 AUDIENCES: list[dict[str, Any]] = [
@@ -151,3 +182,30 @@ def test_audiences_match_the_definitions(
         assert count_audience(engine, a, config, AS_OF) == len(want), spec
         nonempty += bool(want)
     assert nonempty >= len(AUDIENCES) - 2  # the shop exercises the conditions
+
+
+def test_recipient_facts_match_the_definitions(engine: Engine, shop: list[Shopper]) -> None:
+    """Every fact ``load_recipients`` reads (the ones templates render) against
+    the same reading of SPEC section 2, including points as FIFO lots."""
+    config = Config()
+    kinds = engaged_kinds(config)
+    window = timedelta(days=30)
+    with engine.connect() as conn:
+        got = load_recipients(conn, config, [s.id for s in shop], AS_OF, expiring_within=window)
+    existing = [s for s in shop if s.created <= AS_OF]
+    assert set(got) == {s.id for s in existing}
+    for s in existing:
+        r = got[s.id]
+        seen = [(k, t, amt) for k, t, amt in s.events if t <= AS_OF]
+        orders = [amt for k, _, amt in seen if k == "order"]
+        live = [(left, exp) for _, left, earned, exp in s.lots if earned <= AS_OF < exp and left > 0]
+        assert r.created_at == s.created and r.created_at.tzinfo is not None
+        assert r.last_activity == max((t for k, t, _ in seen if k in kinds), default=s.created)
+        assert r.orders == len(orders)
+        assert r.lifetime_value == sum((a for a in orders if a is not None), Decimal("0.00"))
+        assert r.points.balance == sum(left for left, _ in live)
+        assert r.points.expiring == sum(left for left, exp in live if exp <= AS_OF + window)
+        assert r.points.next_expiry == min((exp for _, exp in live), default=None)
+        assert r.attributes == s.attributes
+        assert (r.email, r.email_opt_in, r.sms_opt_in) == (f"{s.id}@example.com", s.email_opt_in, False)
+        assert (r.tier, r.timezone, r.locale) == (s.tier, config.timezone, config.locale)
