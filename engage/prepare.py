@@ -17,7 +17,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -87,6 +87,7 @@ def prepare(
         ids = [c.customer_id for c in claimed]
         recipients = load_recipients(conn, config, ids, now)
         supp = suppressions.load_for(conn, list(recipients.values()))
+    campaigns = campaign_infos(campaigns, {c.campaign for c in claimed})
     out: list[Ready | Outcome] = []
     for msg in claimed:
         try:
@@ -101,6 +102,12 @@ def prepare(
             )
             out.append(Outcome(msg, "failed", {"error": f"internal error: {type(exc).__name__}"}))
     return out
+
+
+def campaign_infos(campaigns: Mapping[str, Any], names: Iterable[str]) -> dict[str, CampaignInfo]:
+    """What rendering reads of each named campaign, built once per batch, not
+    per message (``CampaignInfo.of`` dumps a campaign's pydantic UTM model)."""
+    return {name: CampaignInfo.of(campaigns[name]) for name in names if name in campaigns}
 
 
 def _prepare_one(
@@ -226,11 +233,7 @@ class Helper:
     ) -> Future[list[Ready | Outcome]]:
         """Prepare a batch; tasks run one at a time, in order, so templates sent
         with one batch hold for the batches after it."""
-        infos = {
-            name: CampaignInfo.of(campaigns[name])
-            for name in {c.campaign for c in claimed}
-            if name in campaigns
-        }
+        infos = campaign_infos(campaigns, {c.campaign for c in claimed})
         sources = None
         if templates.generation != self._generation:
             sources, self._generation = templates.sources, templates.generation
