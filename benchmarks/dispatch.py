@@ -8,9 +8,15 @@ render from current data, send, record the outcome, with the default
 configuration (so a backlog starts the helper process that prepares batches;
 the first batches are prepared in-process while it starts, about a second).
 The reference is the same number of threads (``dispatch.workers``) each
-calling the SDK in a loop with one prebuilt request, nothing else. 5,000
-messages per channel (fewer on small data sets) so start-up on either side
-weighs little.
+calling the SDK in a loop with one prebuilt request, nothing else.
+
+10,000 messages per channel (fewer on small data sets), in three rounds: each
+round runs engage, then the bare loop right after it, and the figure is the
+round with the median ratio. The machine's speed drifts from minute to minute
+(see ``cpu_check``): a pair measured back to back sees the same machine, and
+the median of three pairs is not one lucky or unlucky minute. At 5,000
+messages the helper's start (its imports: 0.4 s of CPU) was a sixth of
+engage's extra work; a backlog worth a helper is longer than that.
 """
 
 from __future__ import annotations
@@ -161,7 +167,7 @@ def _bare_twilio(url: str) -> Any:
     return call
 
 
-def run(ctx: Context, messages: int = 5000) -> list[Result]:
+def run(ctx: Context, messages: int = 10_000, rounds: int = 3) -> list[Result]:
     n = max(50, min(messages, ctx.customers // 4))
     spawn = multiprocessing.get_context("spawn")
     parent, child = spawn.Pipe()
@@ -185,14 +191,15 @@ def run(ctx: Context, messages: int = 5000) -> list[Result]:
         )
         results = []
         for channel, bare in (("email", _bare_sendgrid(sg_url)), ("sms", _bare_twilio(tw_url))):
-            results.append(_one(ctx, config, channel, bare, n))
+            results.append(_one(ctx, config, channel, bare, n, rounds))
         return results
     finally:
         parent.send("stop")
         proc.join(timeout=10)
 
 
-def _one(ctx: Context, config: Any, channel: str, bare: Any, n: int) -> Result:
+def _round(ctx: Context, config: Any, channel: str, bare: Any, n: int) -> dict[str, Any]:
+    """One engage run over ``n`` planned messages, then the bare loop for as many."""
     name = f"{PREFIX}dispatch-{channel}"
     camp = campaign(name, {}, channels=[channel])
     with scratch(ctx.engine):
@@ -206,24 +213,39 @@ def _one(ctx: Context, config: Any, channel: str, bare: Any, n: int) -> Result:
         finally:
             dispatcher.close()
     sent = stats.outcomes.get("sent", 0)
-    rate = sent / seconds
     bare_s = _threads(config.dispatch.workers, planned, bare)
-    bare_rate = planned / bare_s
-    ratio = rate / bare_rate
+    return {
+        "rate": sent / seconds,
+        "bare_rate": planned / bare_s,
+        "ratio": (sent / seconds) / (planned / bare_s),
+        "planned": planned,
+        "outcomes": dict(stats.outcomes),
+        "prepared_by_helper": helper_prepared,
+    }
+
+
+def _one(ctx: Context, config: Any, channel: str, bare: Any, n: int, rounds: int) -> Result:
+    done = [_round(ctx, config, channel, bare, n) for _ in range(rounds)]
+    median = sorted(done, key=lambda r: r["ratio"])[len(done) // 2]
     provider = "SendGrid" if channel == "email" else "Twilio"
     return Result(
-        name=f"dispatch {provider} ({planned:,} messages)",
-        figure=round(rate),
+        name=f"dispatch {provider} ({median['planned']:,} messages)",
+        figure=round(median["rate"]),
         unit="msg/s",
-        reference=round(bare_rate),
+        reference=round(median["bare_rate"]),
         reference_label=f"bare SDK loop, {config.dispatch.workers} threads, msg/s",
-        target=f"ratio >= {TARGET_RATIO}",
-        passed=ratio >= TARGET_RATIO and sent == planned,
-        ratio=round(ratio, 2),
+        target=f"median ratio of {rounds} >= {TARGET_RATIO}",
+        passed=median["ratio"] >= TARGET_RATIO
+        and all(r["outcomes"] == {"sent": r["planned"]} for r in done),
+        ratio=round(median["ratio"], 2),
         details={
-            "outcomes": dict(stats.outcomes),
-            "planned": planned,
-            "prepared_by_helper": helper_prepared,
+            "outcomes": median["outcomes"],
+            "planned": median["planned"],
+            "prepared_by_helper": median["prepared_by_helper"],
+            "rounds": [
+                {k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()}
+                for r in done
+            ],
         },
         load_avg=load_avg(),
     )

@@ -58,6 +58,10 @@ def test_small_run_reports_every_figure(db_url: str, tmp_path: Path) -> None:
         assert counts.get(reason, 0) > 0, (reason, counts)
     dispatch = [r for r in report["results"] if r["name"].startswith("dispatch")]
     assert all(r["details"]["outcomes"] == {"sent": r["details"]["planned"]} for r in dispatch)
+    for row in dispatch:  # three engage/bare pairs, each sending every planned message
+        rounds = row["details"]["rounds"]
+        assert len(rounds) == 3 and all(r["outcomes"] == {"sent": r["planned"]} for r in rounds)
+        assert abs(row["ratio"] - sorted(r["ratio"] for r in rounds)[1]) < 0.006  # the median
     # the printed table carries every figure, and the run removed what it added
     table = out.getvalue()
     assert all(name in table for name in names)
