@@ -157,29 +157,24 @@ def claim(
     # A CTE runs once. (As ``id IN (subquery)`` PostgreSQL may re-run the
     # SKIP LOCKED subquery, which then skips the rows just updated and claims
     # far more than ``limit``.)
+    expires = wall_now + lease
     stmt = (
         update(M)
         .where(target)
         .values(
             status="sending",
             lease_owner=owner,
-            lease_expires_at=wall_now + lease,
+            lease_expires_at=expires,
             attempts=M.c.attempts + 1,
             updated_at=wall_now,
         )
-        .returning(
-            M.c.id,
-            M.c.campaign,
-            M.c.customer_id,
-            M.c.channel,
-            M.c.template,
-            M.c.attempts,
-            M.c.lease_expires_at,
-        )
+        .returning(M.c.id, M.c.campaign, M.c.customer_id, M.c.channel, M.c.template, M.c.attempts)
     )
     with engine.begin() as conn:
         rows = conn.execute(stmt).all()
-    return sorted((Claimed(*r) for r in rows), key=lambda c: c.id)
+    # The lease's end is known here: no need to read it back per row.
+    claimed = [Claimed(i, cmp, cust, ch, tpl, n, expires) for i, cmp, cust, ch, tpl, n in rows]
+    return sorted(claimed, key=lambda c: c.id)
 
 
 def expire_leases(engine: Engine, now: datetime) -> int:

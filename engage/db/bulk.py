@@ -118,7 +118,11 @@ class _SqliteJsonRows:
         varying: list[list[Any]] = []
         for values in self.columns:
             first = values[0]
-            if all(type(v) is type(first) for v in values) and len(set(values)) == 1:
+            # count() first: one C loop that fails fast for the usual varying column;
+            # then the types (True == 1 == 1.0), which text and NULL cannot mix.
+            if values.count(first) == len(values) and (
+                first is None or type(first) is str or all(type(v) is type(first) for v in values)
+            ):
                 self._slots.append(None)
                 self.constants.append(first)
             else:
@@ -144,6 +148,12 @@ class _SqliteJsonRows:
 # In a JSON text: an escaped NUL or lone surrogate, or a number of 19+ digits
 # (also matches such digits inside a string: then the safe path is taken anyway).
 _NOT_JSON_SAFE = re.compile(r"\\u0000|\\ud[89a-f]|\d{19}", re.IGNORECASE)
+
+
+def _bound(dialect: Any, type_: Any, value: Any) -> Any:
+    """``value`` as the column type binds it on ``dialect``."""
+    proc = type_._cached_bind_processor(dialect)
+    return value if proc is None else proc(value)
 
 
 def _memoized(proc: Any) -> Any:
@@ -234,9 +244,8 @@ def update_rows(
     prep = conn.dialect.identifier_preparer
     name = prep.format_table(table)
     data = _SqliteJsonRows(conn.dialect, table, [key, *cols], rows)
-    checks = _SqliteJsonRows(conn.dialect, table, list(guard), [guard]) if guard else None
     where = [f"+{name}.{prep.quote(c)} = ?" for c in guard]
-    guard_values = checks.constants if checks else []
+    guard_values = [_bound(conn.dialect, table.c[c].type, v) for c, v in guard.items()]
     if data.payload is None:  # values JSON would change: one row at a time
         sets = ", ".join(f"{prep.quote(c)} = ?" for c in cols)
         sql = f"UPDATE {name} SET {sets} WHERE {' AND '.join([f'{prep.quote(key)} = ?', *where])}"
