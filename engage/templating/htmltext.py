@@ -198,8 +198,36 @@ def _convert(
     return hidden_at, stray
 
 
-def html_to_text(html: str) -> str:
-    """Readable plain text for an HTML email body."""
+# An opaque value: an http(s) link made of URL characters only (no whitespace,
+# markup, quotes or entities), so it reads the same in the HTML and the text,
+# and nothing the converter decides (entities, whitespace, "#", "mailto:",
+# "javascript:" links) depends on which such link it is.
+_OPAQUE = re.compile(r"https?://[A-Za-z0-9:/?#@!$()*+,;=._~%\[\]-]+")
+_PLACEHOLDER = "\x01{}\x01"  # used only when the HTML holds no \x01 of its own
+
+
+def html_to_text(html: str, opaque: tuple[str, ...] = ()) -> str:
+    """Readable plain text for an HTML email body.
+
+    ``opaque``: values that differ in every message, such as its unsubscribe
+    link. While converting, each is swapped for a fixed placeholder (and back
+    in the text), so the lines holding them are the same for every customer
+    and come from the memo. Only values that are one opaque http(s) link are
+    swapped: they cannot change how anything around them converts.
+    """
+    swapped = []
+    for n, value in enumerate(opaque if "\x01" not in html else ()):
+        if value and value in html and _OPAQUE.fullmatch(value):
+            placeholder = _PLACEHOLDER.format(n)
+            html = html.replace(value, placeholder)
+            swapped.append((placeholder, value))
+    text = _html_to_text(html)
+    for placeholder, value in swapped:
+        text = text.replace(placeholder, value)
+    return text
+
+
+def _html_to_text(html: str) -> str:
     global _memo
     body = _DROP.sub("", html.replace(_BR, ""))
     memo = _memo

@@ -269,7 +269,7 @@ class Renderer:
         if f"{template}/{TEXT}" in snap.files:
             text = self._render(snap, f"{template}/{TEXT}", ctx).strip() + "\n"
         else:
-            text = html_to_text(html) + "\n"
+            text = html_to_text(html, opaque=(ctx["unsubscribe_url"],)) + "\n"
         headers: dict[str, str] = {}
         if not info.transactional:
             headers["List-Unsubscribe"] = f"<{ctx['unsubscribe_url']}>"
