@@ -568,3 +568,20 @@ def test_send_whose_lease_is_nearly_over_is_given_back(engine: Engine, tmp_path:
     assert d._send_ready(Ready(msg, outgoing)).status == "sent"
     d.close()
     assert list((tmp_path / "outbox").glob("*.eml"))  # the one with time left went out
+
+
+def test_helper_process_imports_no_postgresql_dialect_on_sqlite() -> None:
+    """The helper starts for every backlog: on SQLite its imports (what
+    ``engage.prepare`` and an SQLite engine pull in) leave PostgreSQL's dialect
+    out, a fifth of them."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, engage.prepare\n"
+        "from engage.db import make_engine\n"
+        "make_engine('sqlite://').connect().close()\n"
+        "print(sorted(m for m in sys.modules if m.startswith('sqlalchemy.dialects.postgresql')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

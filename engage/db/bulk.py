@@ -36,7 +36,10 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
+# PostgreSQL's dialect module is imported where it is used: on SQLite it is
+# never needed, and it was a fifth of the imports of the dispatcher's helper
+# process (0.09 s of CPU at every start).
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import CompileError
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.selectable import CompoundSelect, Select
@@ -186,7 +189,7 @@ def _json_default(value: Any) -> Any:
 def _pg_insert_ignore(
     conn: Connection, table: Table, rows: Sequence[dict[str, Any]], keys: Sequence[str]
 ) -> int:
-    dialect = postgresql.dialect()
+    dialect = conn.dialect
     cols = list(rows[0])
     prep = conn.dialect.identifier_preparer
     names = ", ".join(prep.quote(c) for c in cols)
@@ -229,8 +232,10 @@ def update_rows(
     guard = dict(guard or {})
     cols = [c for c in rows[0] if c != key]
     if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import JSONB
+
         values = (
-            func.jsonb_to_recordset(cast(bindparam("rows", type_=String()), postgresql.JSONB))
+            func.jsonb_to_recordset(cast(bindparam("rows", type_=String()), JSONB))
             .table_valued(*(column(c, table.c[c].type) for c in [key, *cols]))
             .render_derived(name="v", with_types=True)
         )
@@ -299,7 +304,9 @@ class _ValueList(TypeDecorator[list[Any]]):
 
     def load_dialect_impl(self, dialect: Any) -> Any:
         if dialect.name == "postgresql":
-            return dialect.type_descriptor(postgresql.ARRAY(self.item_type))
+            from sqlalchemy.dialects.postgresql import ARRAY
+
+            return dialect.type_descriptor(ARRAY(self.item_type))
         return dialect.type_descriptor(String())
 
     def process_bind_param(self, value: Any, dialect: Any) -> Any:
