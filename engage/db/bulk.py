@@ -36,6 +36,7 @@ from sqlalchemy import (
     text,
     update,
 )
+
 # PostgreSQL's dialect module is imported where it is used: on SQLite it is
 # never needed, and it was a fifth of the imports of the dispatcher's helper
 # process (0.09 s of CPU at every start).
