@@ -147,6 +147,8 @@ AUDIENCES: list[dict[str, Any]] = [
     {"quiet_for": "60d", "active_within": "400d", "min_orders": 2},
     {"quiet_for": "30d", "active_within": "500d", "last_order_within": "300d"},
     {"quiet_for": "45d", "min_lifetime_value": "40"},
+    {"quiet_for": "30d", "min_lifetime_value": "0.004"},  # less than a cent is still > 0
+    {"active_within": "365d", "min_lifetime_value": "12.345"},
     {"active_within": "120d", "min_lifetime_value": "0"},
     {"quiet_for": "30d", "active_within": "365d", "max_orders": 0},
     {"quiet_for": "10d", "active_within": "100d", "min_orders": 1, "max_orders": 2},

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import datetime, timedelta
+from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
 from sqlalchemy import (
@@ -148,7 +149,7 @@ def conditions(audience: Any, config: Config, as_of: datetime) -> list[ColumnEle
             out.append(order_count_of(as_of) <= audience.max_orders)
     if audience.min_lifetime_value is not None:
         ltv = func.coalesce(lifetime_value_of(as_of), 0)
-        out.append(ltv >= literal(audience.min_lifetime_value, Money()))
+        out.append(ltv >= literal(_cents_up(audience.min_lifetime_value), Money()))
     if audience.last_order_within is not None:
         since = as_of - audience.last_order_within
         out.append(exists(select(literal(1)).where(orders_where(as_of, since))))
@@ -173,6 +174,16 @@ def _requires_order(audience: Any) -> bool:
         or audience.last_order_within is not None
         or (audience.min_lifetime_value is not None and audience.min_lifetime_value > 0)
     )
+
+
+def _cents_up(amount: Decimal) -> Decimal:
+    """A threshold in whole cents, rounded up: amounts are cents, so
+    ``value >= x`` and ``value >= _cents_up(x)`` agree (``Money`` would round
+    0.004 down to 0.00 and let every customer through)."""
+    return amount.quantize(_CENT, rounding=ROUND_CEILING)
+
+
+_CENT = Decimal("0.01")
 
 
 def _order_is_engagement(config: Config) -> bool:
