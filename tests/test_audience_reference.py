@@ -211,3 +211,38 @@ def test_recipient_facts_match_the_definitions(engine: Engine, shop: list[Shoppe
         assert r.attributes == s.attributes
         assert (r.email, r.email_opt_in, r.sms_opt_in) == (f"{s.id}@example.com", s.email_opt_in, False)
         assert (r.tier, r.timezone, r.locale) == (s.tier, config.timezone, config.locale)
+
+
+def test_instants_written_by_other_systems_are_read_as_utc(sqlite_engine: Engine) -> None:
+    """SPEC: the shop's systems may write the documented tables themselves. On
+    SQLite their instants may be text in other ISO forms than engage's own;
+    recipients read them as UTCDateTime does (naive is UTC, offsets convert)."""
+    from sqlalchemy import text
+
+    forms = {
+        "own": ("2026-01-02 03:04:05.000006", datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC)),
+        "offset": ("2026-01-02 03:04:05+02:00", datetime(2026, 1, 2, 1, 4, 5, tzinfo=UTC)),
+        "zulu": ("2026-01-02T03:04:05Z", datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)),
+        "seconds": ("2026-01-02 03:04:05", datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)),
+        "date": ("2026-01-02", datetime(2026, 1, 2, tzinfo=UTC)),
+    }
+    with sqlite_engine.begin() as conn:
+        for cid, (raw, _) in forms.items():
+            conn.execute(
+                text(
+                    "INSERT INTO customer (id, created_at, updated_at, attributes, email_opt_in,"
+                    " sms_opt_in) VALUES (:id, :at, :at, '{}', 1, 0)"
+                ),
+                {"id": cid, "at": raw},
+            )
+    config = Config()
+    with sqlite_engine.connect() as conn:
+        got = load_recipients(conn, config, list(forms), AS_OF)
+    assert {cid: r.created_at for cid, r in got.items()} == {c: at for c, (_, at) in forms.items()}
+    assert all(r.last_activity == r.created_at for r in got.values())  # no interactions
+    planned = {
+        r.customer_id: r.last_activity
+        for batch in stream_audience(sqlite_engine, Audience(), config, AS_OF, decision_only=True)
+        for r in batch
+    }
+    assert planned == {c: at for c, (_, at) in forms.items()}
