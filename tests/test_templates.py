@@ -28,6 +28,7 @@ from engage.templating import (
     html_to_text,
     with_opt_out,
 )
+from engage.templating.htmltext import _swappable
 from engage.templating.sms import GSM7_BASIC, GSM7_EXTENSION
 from engage.unsubscribe import read_token
 
@@ -391,6 +392,14 @@ _URLISH = st.text(
                 "{u}x &amp; {u}\n",
                 '<a href="{u}">\nlong\n</a>',
                 '<p title="{u}">t</p>',
+                # found in review: an entity running into the link, an encoded
+                # copy of it, an unquoted or single-quoted href, a style
+                "<p>Leave &et{u} now</p>",
+                '<a href="&#104;{t}">{u}</a>',
+                '<a href="{u}">https&colon;{r}</a>',
+                "<a href={u}/>x</a><p>after</p>",
+                "<a href='{u}'>y</a>",
+                '<div style="background:url({u})">z</div>',
             ]
         ),
         min_size=1,
@@ -401,7 +410,9 @@ def test_opaque_links_do_not_change_the_text(url: str, slots: list[str]) -> None
     """The unsubscribe link is swapped for a placeholder while the text is
     derived, so its line comes from the memo; the text must be exactly what
     converting the HTML as it is gives, whatever the link holds."""
-    html = "<html><body>" + "\n".join(slot.format(u=url) for slot in slots) + "</body></html>"
+    rest = url.split(":", 1)[1] if ":" in url else url
+    parts = {"u": url, "t": url[1:], "r": rest}
+    html = "<html><body>" + "\n".join(slot.format(**parts) for slot in slots) + "</body></html>"
     assert html_to_text(html, opaque=(url,)) == html_to_text(html)
 
 
@@ -624,6 +635,9 @@ def test_shipped_templates_are_clean() -> None:
             if "email" in channels:
                 email = r.render_email(name, CampaignInfo(name, utm={"source": "engage"}), p, NOW)
                 assert "12 Leaf Lane" in email.text and "/u/" in email.text and email.subject
+                # the text part's unsubscribe line comes from the memo (see html_to_text)
+                link = email.headers["List-Unsubscribe"].strip("<>")
+                assert _swappable(email.html, link), (name, loc)
             if "sms" in channels:
                 sms = r.render_sms(name, CampaignInfo(name), p, NOW)
                 assert sms.segments <= cfg.max_sms_segments

@@ -24,6 +24,7 @@ import re
 import threading
 from functools import lru_cache
 from html import unescape
+from html.entities import html5
 
 # One literal "<" prefix lets the engine skip to candidate positions, and the
 # element body is an unrolled "anything up to the matching end tag" loop
@@ -199,11 +200,21 @@ def _convert(
 
 
 # An opaque value: an http(s) link made of URL characters only (no whitespace,
-# markup, quotes or entities), so it reads the same in the HTML and the text,
-# and nothing the converter decides (entities, whitespace, "#", "mailto:",
-# "javascript:" links) depends on which such link it is.
-_OPAQUE = re.compile(r"https?://[A-Za-z0-9:/?#@!$()*+,;=._~%\[\]-]+")
-_PLACEHOLDER = "\x01{}\x01"  # used only when the HTML holds no \x01 of its own
+# markup, quotes or entities).
+_OPAQUE_CHARS = re.compile(r"[A-Za-z0-9:/?#@!$()*+,;=._~%\[\]-]")
+_OPAQUE = re.compile(rf"https?://{_OPAQUE_CHARS.pattern}+")
+# Character references that can decode to one of those characters: every
+# numeric one, and the named ones whose text holds such a character.
+_URL_CHARACTER_REFERENCE = re.compile(
+    "&(?:#|"
+    + "|".join(
+        re.escape(name)
+        for name, chars in sorted(html5.items())
+        if any(_OPAQUE_CHARS.fullmatch(c) for c in chars)
+    )
+    + ")"
+)
+_PLACEHOLDER = "\x01{}\x01"
 
 
 def html_to_text(html: str, opaque: tuple[str, ...] = ()) -> str:
@@ -212,12 +223,12 @@ def html_to_text(html: str, opaque: tuple[str, ...] = ()) -> str:
     ``opaque``: values that differ in every message, such as its unsubscribe
     link. While converting, each is swapped for a fixed placeholder (and back
     in the text), so the lines holding them are the same for every customer
-    and come from the memo. Only values that are one opaque http(s) link are
-    swapped: they cannot change how anything around them converts.
+    and come from the memo. A value is swapped only where that cannot change
+    the text (see ``_swappable``).
     """
     swapped = []
-    for n, value in enumerate(opaque if "\x01" not in html else ()):
-        if value and value in html and _OPAQUE.fullmatch(value):
+    for n, value in enumerate(opaque):
+        if _swappable(html, value):
             placeholder = _PLACEHOLDER.format(n)
             html = html.replace(value, placeholder)
             swapped.append((placeholder, value))
@@ -225,6 +236,23 @@ def html_to_text(html: str, opaque: tuple[str, ...] = ()) -> str:
     for placeholder, value in swapped:
         text = text.replace(placeholder, value)
     return text
+
+
+def _swappable(html: str, value: str) -> bool:
+    """Whether converting with ``value`` replaced by a placeholder gives the
+    same text: ``value`` is an opaque http(s) link, it stands only as whole
+    double-quoted ``href`` values (never in text, labels, styles or other
+    links, so no comparison or entity decoding of the converter sees it), no
+    character reference in the HTML can decode to a URL character (so no
+    encoded copy of it stands anywhere either: an email's ``&amp;`` and
+    ``&middot;`` cannot), and the HTML holds no placeholder character of its
+    own."""
+    if not value or "\x01" in html or not _OPAQUE.fullmatch(value):
+        return False
+    found = html.count(value)
+    if not found or found != html.count(f'href="{value}"'):
+        return False
+    return _URL_CHARACTER_REFERENCE.search(html) is None
 
 
 def _html_to_text(html: str) -> str:
