@@ -19,6 +19,7 @@ from sqlalchemy import (
     Table,
     literal,
     select,
+    text,
     union_all,
 )
 from sqlalchemy.pool import StaticPool
@@ -128,11 +129,24 @@ def test_in_values_is_one_cached_statement_whatever_the_list(engine: Engine) -> 
     """The list is a bound parameter: the statement compiles once, and each
     execution sees its own list (a cache that kept the first list would not)."""
     meta = MetaData()
-    t = Table("iv", meta, Column("k", String, primary_key=True), Column("n", Integer))
+    t = Table(
+        "iv",
+        meta,
+        Column("k", String, primary_key=True),
+        Column("n", Integer),
+        Column("short", String(7)),
+        Column("at", UTCDateTime()),
+    )
     meta.create_all(engine)
     keys = ["a", "b", "ü – 'q'", 'd"q', "e,f", "7"]
     with engine.begin() as conn:
-        conn.execute(t.insert(), [{"k": k, "n": i} for i, k in enumerate(keys)])
+        conn.execute(
+            t.insert(),
+            [
+                {"k": k, "n": i, "short": k[:7], "at": NOW + timedelta(seconds=i - 2)}
+                for i, k in enumerate(keys)
+            ],
+        )
     with engine.connect() as conn:
 
         def pick(values: list[Any], column: Any = t.c.k) -> tuple[list[str], str]:
@@ -145,6 +159,11 @@ def test_in_values_is_one_cached_statement_whatever_the_list(engine: Engine) -> 
         assert pick([])[0] == []
         assert pick([5, 1], t.c.n)[0] == ["b", "7"]
         assert pick([3], t.c.n)[1].startswith("cached")
+        # values keep their column type: no cut to a VARCHAR(n), instants bound as stored
+        assert pick(["ü – 'q'x"], t.c.short)[0] == []
+        assert pick(["ü – 'q'"], t.c.short)[0] == ["ü – 'q'"]
+        assert pick([NOW + timedelta(seconds=3)], t.c.at)[0] == ["7"]
+        assert "IN" in str(select(t.c.k).where(in_values(t.c.k, ["a"])))  # printable
 
 
 def test_update_rows_sets_each_rows_values_where_the_guard_holds(engine: Engine) -> None:
@@ -171,15 +190,22 @@ def test_update_rows_sets_each_rows_values_where_the_guard_holds(engine: Engine)
         assert update_rows(conn, t, rows, "id", {"owner": "me"}) == 2
         # one row: every value is bound as a constant
         assert update_rows(conn, t, [{"id": 2, "note": "one"}], "id", {"owner": "me"}) == 1
+        # a naive instant is UTC, as UTCDateTime binds it, whatever the session's zone
+        if engine.dialect.name == "postgresql":
+            conn.execute(text("SET LOCAL TIME ZONE 'America/New_York'"))
+        naive = [{"id": 3, "at": when.replace(tzinfo=None)}, {"id": 5, "at": when}]
+        assert update_rows(conn, t, naive, "id") == 2
+        with pytest.raises(ValueError, match="NULL"):
+            update_rows(conn, t, [{"id": 3, "note": "x"}], "id", {"owner": None})
         assert update_rows(conn, t, [], "id") == 0
         got = {r.id: (r.owner, r.note, r.at) for r in conn.execute(select(t))}
     assert got == {
         0: (None, "ü – 'q' \"\\", when),
         1: (None, None, None),
         2: ("me", "one", None),
-        3: ("me", None, None),
+        3: ("me", None, when),
         4: ("other", None, None),
-        5: ("other", None, None),
+        5: ("other", None, when),
     }
 
 

@@ -41,10 +41,11 @@ from sqlalchemy import (
 # never needed, and it was a fifth of the imports of the dispatcher's helper
 # process (0.09 s of CPU at every start).
 from sqlalchemy.dialects import sqlite
-from sqlalchemy.exc import CompileError
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.selectable import CompoundSelect, Select
 from sqlalchemy.sql.visitors import InternalTraversal
+
+from ..timeutil import ensure_utc
 
 
 def insert_ignore(
@@ -180,7 +181,11 @@ def _memoized(proc: Any) -> Any:
 
 
 def _json_default(value: Any) -> Any:
-    if isinstance(value, datetime | date):
+    if isinstance(value, datetime):
+        # As UTCDateTime binds it: naive is UTC (else PostgreSQL would read
+        # it in the session's TimeZone).
+        return ensure_utc(value).isoformat()
+    if isinstance(value, date):
         return value.isoformat()
     if isinstance(value, Decimal):
         return str(value)
@@ -227,10 +232,13 @@ def update_rows(
     executemany, prepared generically: from the statistics of an outbox that
     was empty when last analyzed, PostgreSQL planned each as a sequential
     scan. On SQLite one statement costs 40% of an executemany's CPU.)
+    Column defaults and ``onupdate`` are not applied: pass every value.
     """
     if not rows:
         return 0
     guard = dict(guard or {})
+    if any(v is None for v in guard.values()):
+        raise ValueError("update_rows guards compare with =, never with NULL")
     cols = [c for c in rows[0] if c != key]
     if conn.dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import JSONB
@@ -307,13 +315,18 @@ class _ValueList(TypeDecorator[list[Any]]):
         if dialect.name == "postgresql":
             from sqlalchemy.dialects.postgresql import ARRAY
 
-            return dialect.type_descriptor(ARRAY(self.item_type))
+            # Not VARCHAR(n)[]: that cast would cut longer values to n
+            # characters, and a cut value can equal a stored one.
+            item = String() if isinstance(self.item_type, String) else self.item_type
+            return dialect.type_descriptor(ARRAY(item))
         return dialect.type_descriptor(String())
 
     def process_bind_param(self, value: Any, dialect: Any) -> Any:
         if value is None or dialect.name == "postgresql":
-            return value
-        return json.dumps(list(value), default=_json_default)
+            return value  # the ARRAY binds each item with the item type
+        proc = self.item_type._cached_bind_processor(dialect)
+        items = list(value) if proc is None else [proc(v) for v in value]
+        return json.dumps(items, default=_json_default)
 
 
 class _InValues(ColumnElement[bool]):
@@ -347,7 +360,8 @@ class _InValues(ColumnElement[bool]):
 
 @compiles(_InValues)
 def _in_values_default(element: _InValues, compiler: Any, **kw: Any) -> str:
-    raise CompileError(f"in_values() supports SQLite and PostgreSQL, not {compiler.dialect.name}")
+    # str(query) and other dialects: a plain IN of the one bound list.
+    return str(compiler.process(element.column.in_(element.param), **kw))
 
 
 @compiles(_InValues, "sqlite")
