@@ -104,10 +104,19 @@ def prepare(
     return out
 
 
-def campaign_infos(campaigns: Mapping[str, Any], names: Iterable[str]) -> dict[str, CampaignInfo]:
+def campaign_infos(campaigns: Mapping[str, Any], names: Iterable[str]) -> dict[str, Any]:
     """What rendering reads of each named campaign, built once per batch, not
-    per message (``CampaignInfo.of`` dumps a campaign's pydantic UTM model)."""
-    return {name: CampaignInfo.of(campaigns[name]) for name in names if name in campaigns}
+    per message (``CampaignInfo.of`` dumps a campaign's pydantic UTM model).
+    A campaign that cannot be read stays as it is: its messages then fail one
+    by one at render time, as before, instead of failing the batch."""
+    infos: dict[str, Any] = {}
+    for name in names:
+        if name in campaigns:
+            try:
+                infos[name] = CampaignInfo.of(campaigns[name])
+            except Exception:
+                infos[name] = campaigns[name]
+    return infos
 
 
 def _prepare_one(

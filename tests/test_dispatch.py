@@ -585,3 +585,29 @@ def test_helper_process_imports_no_postgresql_dialect_on_sqlite() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_campaign_that_cannot_be_read_fails_its_messages_not_the_batch(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """prepare reads each campaign once per batch; one whose settings raise
+    fails its own messages, and the batch's other messages are prepared."""
+    from engage.prepare import Outcome, Ready, prepare
+
+    class Broken:
+        name = "broken"
+
+        @property
+        def utm(self) -> None:
+            raise RuntimeError("bad settings")
+
+    config = make_config(tmp_path)
+    good = add_message(engine, add_customer(engine, "ana"))
+    bad = add_message(engine, add_customer(engine, "bo"), campaign="broken")
+    claimed = claim(engine, "me", NOW, 10, timedelta(minutes=5))
+    items = prepare(
+        engine, config, Renderer(config), claimed, {**CAMPAIGNS, "broken": Broken()}, NOW
+    )
+    got = {i.msg.id: i for i in items}
+    assert isinstance(got[good], Ready)
+    assert isinstance(got[bad], Outcome) and got[bad].status == "failed"
