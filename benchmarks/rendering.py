@@ -64,9 +64,10 @@ def run(ctx: Context, renders: int = 3000, runs: int = 3) -> list[Result]:
     infos = [
         CampaignInfo(name=f"bench-{t}", template=t, utm={"source": "engage"}) for t in TEMPLATES
     ]
+    chunks = _split(recipients, runs)
     job_sets = [
         list(itertools.islice(itertools.cycle(itertools.product(chunk, infos)), renders))
-        for chunk in _split(recipients, runs)
+        for chunk in chunks
     ]
     renderer = Renderer(ctx.config, secret_key=SECRET)
     remaining = iter(job_sets)
@@ -115,7 +116,9 @@ def run(ctx: Context, renders: int = 3000, runs: int = 3) -> list[Result]:
             ratio=round(rate / bare_rate, 2),
             details={
                 "renders": done,
-                "customers_per_run": len(job_sets[0]) // len(TEMPLATES),
+                # fewer than asked on a small data set: then runs repeat customers
+                "customers_per_run": min(len(chunk) for chunk in chunks),
+                "customers_repeat": len(recipients) < per_run * runs,
                 "templates": list(TEMPLATES),
             },
             load_avg=load_avg(),
