@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     BindParameter,
@@ -35,7 +35,6 @@ from sqlalchemy.orm import Session
 from .config import Config
 from .db.bulk import in_values
 from .db.models import Customer, Interaction, Money, PointsLot, UTCDateTime
-from .timeutil import ensure_utc
 
 
 @dataclass(frozen=True)
@@ -300,11 +299,9 @@ def _instant(value: Any) -> datetime:
     that form takes the fast path. Text a shop's own system wrote into the
     table (a date alone, an offset, no fraction) is read as ``UTCDateTime``
     reads it: naive means UTC, an offset is converted."""
-    if isinstance(value, str):
-        if len(value) == 26 and value[19] == ".":
-            return datetime.fromisoformat(value + "+00:00")  # 5x faster than .replace(tzinfo=)
-        return ensure_utc(datetime.fromisoformat(value))
-    return ensure_utc(value)
+    if isinstance(value, str) and len(value) == 26 and value[19] == ".":
+        return datetime.fromisoformat(value + "+00:00")  # 5x faster than .replace(tzinfo=)
+    return cast(datetime, _UTC.process_result_value(value, _ANY_DIALECT))
 
 
 def row_to_recipient(row: Any, config: Config) -> Recipient:
@@ -338,7 +335,8 @@ def row_to_recipient(row: Any, config: Config) -> Recipient:
 
 
 _NO_POINTS = PointsSummary()
-_CENT = Decimal("0.01")
+# The column types' own result conversions (neither reads its dialect argument).
+_UTC, _MONEY, _ANY_DIALECT = UTCDateTime(), Money(), cast(Any, None)
 
 
 def _attributes(value: Any) -> dict[str, Any]:
@@ -355,7 +353,7 @@ def _money(value: Any) -> Decimal:
     (SQLite keeps amounts as REAL, sent here as text)."""
     if value is None:
         return Decimal("0.00")
-    return Decimal(str(value)).quantize(_CENT)
+    return cast(Decimal, _MONEY.process_result_value(value, _ANY_DIALECT))
 
 
 def load_recipients(
