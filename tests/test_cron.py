@@ -238,7 +238,10 @@ def cron_field(draw: st.DrawFn, kind: str) -> tuple[str, set[int]]:
             # "0-sun" means Sunday only (a named Sunday is day 7 only when the
             # range starts after Sunday), so the whole week from 0 is "0-7".
             end = "7" if kind == "dow" and a == 0 and b == 7 else show(b)
-            items.append(f"{show(a)}-{end}" + (f"/{step}" if form == "range-step" else ""))
+            # A named Sunday that starts a range is day 0 ("sun-7" is the whole
+            # week, as in cronie), so a range from day 7 is written "7-...".
+            begin = "7" if kind == "dow" and a == 7 else show(a)
+            items.append(f"{begin}-{end}" + (f"/{step}" if form == "range-step" else ""))
             values |= set(range(a, b + 1, step))
     if kind == "dow":
         values = {v % 7 for v in values}
