@@ -28,10 +28,10 @@ from typing import Any
 
 from sqlalchemy import and_, select
 
-from engage.channels import build_channels
 from engage.db.bulk import insert_ignore
 from engage.db.models import Customer, Message
-from engage.dispatch import Dispatcher
+from engage.delivery.channels import build_channels
+from engage.delivery.dispatch import Dispatcher
 from engage.templating import Renderer
 
 from .common import (
@@ -152,7 +152,7 @@ def _bare_sendgrid(url: str) -> Any:
 def _bare_twilio(url: str) -> Any:
     from twilio.rest import Client
 
-    from engage.channels.twilio import RedirectingHttpClient
+    from engage.delivery.channels.twilio import RedirectingHttpClient
 
     local = threading.local()
 

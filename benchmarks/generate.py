@@ -17,7 +17,7 @@ import time
 from datetime import UTC, datetime
 
 from engage.db import make_engine, upgrade
-from engage.sample import SampleStats, generate
+from engage.ingest.sample import SampleStats, generate
 from engage.timeutil import parse_instant
 
 CUSTOMERS_AT_SCALE_1 = 1_000_000

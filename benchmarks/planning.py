@@ -24,7 +24,7 @@ from engage.campaigns.audience import audience_ids
 from engage.db import make_engine
 from engage.db.bulk import insert_ignore
 from engage.db.models import Customer, Message, Suppression
-from engage.planner import plan_occurrence
+from engage.planning.planner import plan_occurrence
 
 from .common import (
     PREFIX,

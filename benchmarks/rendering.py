@@ -18,7 +18,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from engage.campaigns.audience import stream_audience
 from engage.campaigns.schema import Audience
-from engage.recipients import Recipient
+from engage.customers.recipients import Recipient
 from engage.templating import Renderer, autoescape_for
 from engage.templating.context import CampaignInfo, build_context
 from engage.templating.environment import make_environment

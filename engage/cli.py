@@ -168,7 +168,7 @@ def validate_cmd(
 
     Exit status 1 when there is any error; warnings alone exit 0.
     """
-    from .validate import validate_path
+    from .campaigns.validate import validate_path
 
     report = validate_path(ctx_of(ctx).config_path)
     if as_json:
@@ -182,7 +182,7 @@ def validate_cmd(
 
 
 def _campaign(c: Ctx, name: str) -> Any:
-    from .operations import load_campaign
+    from .campaigns.loader import load_campaign
 
     return load_campaign(c.config, name)
 
@@ -219,7 +219,7 @@ def dry_run_cmd(
     ] = False,
 ) -> None:
     """Who would get what and why not, with counts per reason. Writes nothing."""
-    from .operations import dry_run_campaign
+    from .planning.preview import dry_run_campaign
 
     c = ctx_of(ctx)
     report = dry_run_campaign(
@@ -252,7 +252,7 @@ def send_cmd(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Plan one occurrence now and deliver what is due through the configured channels."""
-    from .operations import send_occurrence
+    from .delivery.send import send_occurrence
 
     c = ctx_of(ctx)
     camp = _campaign(c, campaign)
@@ -291,7 +291,7 @@ def preview_cmd(
     """Render the exact message a customer would get, and say whether they would get it."""
     from dataclasses import asdict
 
-    from .operations import preview_message
+    from .planning.preview import preview_message
 
     c = ctx_of(ctx)
     p = preview_message(
@@ -324,8 +324,8 @@ def calendar_cmd(
     as_json: JsonOption = False,
 ) -> None:
     """Upcoming occurrences of every enabled campaign with estimated audience sizes."""
-    from .calendar import upcoming
     from .campaigns.loader import load_campaigns
+    from .planning.calendar import upcoming
 
     c = ctx_of(ctx)
     entries = upcoming(c.engine, c.config, load_campaigns(c.config), c.at(at), days)
@@ -348,7 +348,7 @@ def customer_cmd(
     as_json: JsonOption = False,
 ) -> None:
     """One customer's timeline: activity, points, messages sent and planned."""
-    from .timeline import customer_timeline
+    from .report.timeline import customer_timeline
 
     c = ctx_of(ctx)
     t = customer_timeline(c.engine, c.config, customer_id, c.at(at))
@@ -412,7 +412,7 @@ def outbox_cmd(
     """List outbox messages (newest first) with counts per status."""
     if ctx.invoked_subcommand is not None:
         return
-    from .outbox import counts_by_status, list_messages
+    from .delivery.outbox import counts_by_status, list_messages
 
     c = ctx_of(ctx)
     rows = list_messages(c.engine, status=status, campaign=campaign, limit=limit)
@@ -445,7 +445,7 @@ def outbox_requeue_cmd(
     ids: Annotated[list[int], typer.Argument(help="Message ids (unknown, failed, cancelled...).")],
 ) -> None:
     """Re-queue messages explicitly: the only way an `unknown` message is ever sent again."""
-    from .dispatch import requeue
+    from .delivery.dispatch import requeue
 
     c = ctx_of(ctx)
     result = requeue(c.engine, ids, utcnow())
@@ -468,7 +468,7 @@ def suppress_add_cmd(
     customer: Annotated[str | None, typer.Option("--customer", help="Customer id.")] = None,
 ) -> None:
     """Never message this address on this channel."""
-    from . import suppressions
+    from .planning import suppressions
 
     c = ctx_of(ctx)
     new = suppressions.add(c.engine, [(channel, address, customer, reason, "cli")])
@@ -482,7 +482,7 @@ def suppress_remove_cmd(
     address: Annotated[str, typer.Argument(help="Email address or E.164 phone number.")],
 ) -> None:
     """Lift a suppression."""
-    from . import suppressions
+    from .planning import suppressions
 
     if not suppressions.remove(ctx_of(ctx).engine, channel, address):
         raise EngageError(f"{channel} {address} is not suppressed")
@@ -499,7 +499,7 @@ def suppress_list_cmd(
     """List suppressions, newest first."""
     from dataclasses import asdict
 
-    from . import suppressions
+    from .planning import suppressions
 
     rows = suppressions.list_entries(ctx_of(ctx).engine, channel=channel, limit=limit)
     if as_json:
@@ -595,7 +595,7 @@ def run_cmd(
 
     Logs go to stderr. On SQLite one daemon at a time; on PostgreSQL run as many as you like.
     """
-    from .daemon import open_daemon
+    from .daemon.process import open_daemon
     from .logs import setup_logging
 
     if log_format not in ("text", "json"):
@@ -618,7 +618,7 @@ def run_cmd(
 def status_cmd(ctx: typer.Context, as_json: JsonOption = False) -> None:
     """Last and next run of every campaign, outbox counts, missed occurrences, live workers."""
     from .campaigns.loader import collect_campaigns
-    from .status import status
+    from .daemon.status import status
 
     c = ctx_of(ctx)
     loaded = collect_campaigns(c.config)

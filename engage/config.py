@@ -155,7 +155,7 @@ class Dispatch(Strict):
     backoff_max: Duration = timedelta(hours=1)
     poll_interval: Duration = timedelta(seconds=5)
     shutdown_grace: Duration = timedelta(seconds=30)  # engage run: in-flight sends may finish
-    # Prepare (load, check, render) big batches in a helper process: see prepare.py.
+    # Prepare (load, check, render) big batches in a helper process: see delivery/prepare.py.
     helper_process: bool = True
 
 

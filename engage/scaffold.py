@@ -9,16 +9,16 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from .calendar import Entry, upcoming
 from .campaigns.cron import next_occurrence, occurrences
 from .campaigns.loader import load_campaigns
 from .config import Config, load_config
 from .db import get_engine, upgrade
+from .delivery.outbox import counts_by_status
+from .delivery.send import make_dispatcher
 from .errors import EngageError
-from .operations import make_dispatcher
-from .outbox import counts_by_status
-from .planner import PlanResult, plan_occurrence
-from .sample import SampleStats, generate
+from .ingest.sample import SampleStats, generate
+from .planning.calendar import Entry, upcoming
+from .planning.planner import PlanResult, plan_occurrence
 
 DEMO_MARKER = ".engage-demo"
 

@@ -14,7 +14,7 @@ from sqlalchemy import Engine, select
 
 from engage.db import make_engine, upgrade
 from engage.db.models import Message
-from engage.dispatch import expire_leases
+from engage.delivery.dispatch import expire_leases
 from engage.testing import FakeSendGrid
 from engage.timeutil import parse_instant, utcnow
 

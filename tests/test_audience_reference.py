@@ -23,8 +23,8 @@ from sqlalchemy import Engine, insert
 from engage.campaigns.audience import audience_ids, count_audience, stream_audience
 from engage.campaigns.schema import Audience
 from engage.config import Config
+from engage.customers.recipients import load_recipients
 from engage.db.models import Customer, Interaction, PointsLot
-from engage.recipients import load_recipients
 
 AS_OF = datetime(2026, 6, 15, 12, 0, tzinfo=UTC)
 D = timedelta(days=1)

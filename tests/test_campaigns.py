@@ -26,9 +26,9 @@ from engage.campaigns.loader import (
     load_campaigns,
 )
 from engage.campaigns.schema import Campaign
+from engage.campaigns.validate import validate_path, validate_project
 from engage.config import Config, load_config
 from engage.errors import ValidationFailed
-from engage.validate import validate_path, validate_project
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES = ("winback", "points-expiring", "vip-thanks")

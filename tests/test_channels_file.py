@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from engage.channels import build_channel, build_channels
-from engage.channels.base import Outgoing
-from engage.channels.console import ConsoleChannel
-from engage.channels.file import FileDropChannel
 from engage.config import Config, load_config
+from engage.delivery.channels import build_channel, build_channels
+from engage.delivery.channels.base import Outgoing
+from engage.delivery.channels.console import ConsoleChannel
+from engage.delivery.channels.file import FileDropChannel
 from engage.errors import ConfigError, PermanentSendError
 
 UNSUB = "<https://engage.example.com/u/tok123>"

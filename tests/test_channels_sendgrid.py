@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from engage.channels import build_channel
-from engage.channels.base import Outgoing
 from engage.config import Config, load_config
+from engage.delivery.channels import build_channel
+from engage.delivery.channels.base import Outgoing
 from engage.errors import ConfigError, PermanentSendError, TransientSendError
 from engage.testing import FakeSendGrid
 

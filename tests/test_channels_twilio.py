@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from engage.channels import build_channel
-from engage.channels.base import Outgoing
-from engage.channels.twilio import RedirectingHttpClient
 from engage.config import Config, load_config
+from engage.delivery.channels import build_channel
+from engage.delivery.channels.base import Outgoing
+from engage.delivery.channels.twilio import RedirectingHttpClient
 from engage.errors import ConfigError, PermanentSendError, TransientSendError
 from engage.testing import FakeTwilio
 

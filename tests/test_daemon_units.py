@@ -12,10 +12,10 @@ import pytest
 from sqlalchemy import Engine, insert, select
 
 from engage.campaigns.loader import load_campaign_file
-from engage.catchup import find_due, occurrence_lock, plan_due
+from engage.daemon.scheduler import campaign_jobs, make_scheduler, sync_campaigns
 from engage.db.models import CampaignRun
 from engage.logs import mask_pii, setup_logging
-from engage.scheduler import campaign_jobs, make_scheduler, sync_campaigns
+from engage.planning.catchup import find_due, occurrence_lock, plan_due
 
 from .helpers import make_config
 from .test_daemon_support import campaign_yaml

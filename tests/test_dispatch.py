@@ -17,11 +17,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import Engine, select, update
 
-from engage.channels import build_channels
-from engage.channels.base import Outgoing
 from engage.config import Config
 from engage.db.models import Customer, Message, Suppression
-from engage.dispatch import Dispatcher, TokenBucket, backoff_delay, claim, expire_leases, requeue
+from engage.delivery.channels import build_channels
+from engage.delivery.channels.base import Outgoing
+from engage.delivery.dispatch import (
+    Dispatcher,
+    TokenBucket,
+    backoff_delay,
+    claim,
+    expire_leases,
+    requeue,
+)
 from engage.templating.context import CampaignInfo
 from engage.templating.renderer import Renderer
 from engage.testing import FakeSendGrid, FakeTwilio
@@ -211,7 +218,7 @@ def test_opt_out_after_planning_cancels(engine: Engine, tmp_path: Path) -> None:
     m2 = add_message(engine, add_customer(engine, "gus"))
     with engine.begin() as conn:
         conn.execute(update(Customer).where(Customer.id == "fay").values(email_opt_in=False))
-    from engage import suppressions
+    from engage.planning import suppressions
 
     suppressions.add(engine, [("email", "GUS@example.com", None, "unsubscribe", "test")])
     d = dispatcher(engine, config)
@@ -361,7 +368,7 @@ def test_outcomes_of_a_batch_larger_than_a_chunk_are_all_recorded(
 ) -> None:
     """Outcomes are written in chunks by the batch thread: every one of a batch
     spanning several chunks lands, each with its own status and values."""
-    from engage.dispatch import RECORD_EVERY
+    from engage.delivery.dispatch import RECORD_EVERY
 
     config = make_config(tmp_path, dispatch={"batch_size": RECORD_EVERY * 2 + 7})
     sent = [add_message(engine, add_customer(engine, f"s{n:03}")) for n in range(RECORD_EVERY + 30)]
@@ -408,7 +415,7 @@ def test_backlog_is_prepared_by_a_helper_process(
     add_message(engine, add_customer(engine, "gone", email_opt_in=False))
     renderer = Renderer(config)
     d = Dispatcher(engine, config, build_channels(config), renderer, lambda: CAMPAIGNS)
-    with caplog.at_level("INFO", logger="engage.dispatch"):
+    with caplog.at_level("INFO", logger="engage.delivery.dispatch"):
         stats = d.run_once(NOW)
     assert [r for r in caplog.records if getattr(r, "event", "") == "dispatch_helper_started"]
     assert stats.outcomes == {"sent": 120, "cancelled": 1}
@@ -453,7 +460,7 @@ def test_batch_the_helper_failed_is_prepared_here(engine: Engine, tmp_path: Path
     and no further helper is started; nothing is lost or sent twice."""
     from concurrent.futures import Future
 
-    from engage.dispatch import _Inbox
+    from engage.delivery.dispatch import _Inbox
     from engage.timeutil import utcnow
 
     config = make_config(tmp_path)
@@ -475,7 +482,7 @@ def test_batch_the_helper_failed_is_prepared_here(engine: Engine, tmp_path: Path
 HELPER_HOST = """
 import sys, time
 from engage.config import Config
-from engage.prepare import Helper
+from engage.delivery.prepare import Helper
 config = Config.model_validate({"templates_dir": sys.argv[2],
                                 "secrets": {"ENGAGE_SECRET_KEY": "x" * 32}})
 helper = Helper(config, sys.argv[1])
@@ -546,7 +553,7 @@ def test_send_whose_lease_is_nearly_over_is_given_back(engine: Engine, tmp_path:
     """A message that waited in the queue until little of its lease is left is
     released, not sent: its row could turn ``unknown`` (and be re-queued by an
     operator) while the provider call is still going on."""
-    from engage.prepare import Ready
+    from engage.delivery.prepare import Ready
     from engage.timeutil import utcnow
 
     config = make_config(tmp_path, dispatch={"lease": "40s"})  # margin: 10 s
@@ -572,13 +579,13 @@ def test_send_whose_lease_is_nearly_over_is_given_back(engine: Engine, tmp_path:
 
 def test_helper_process_imports_no_postgresql_dialect_on_sqlite() -> None:
     """The helper starts for every backlog: on SQLite its imports (what
-    ``engage.prepare`` and an SQLite engine pull in) leave PostgreSQL's dialect
+    ``engage.delivery.prepare`` and an SQLite engine pull in) leave PostgreSQL's dialect
     out, a fifth of them."""
     import subprocess
     import sys
 
     code = (
-        "import sys, engage.prepare\n"
+        "import sys, engage.delivery.prepare\n"
         "from engage.db import make_engine\n"
         "make_engine('sqlite://').connect().close()\n"
         "print(sorted(m for m in sys.modules if m.startswith('sqlalchemy.dialects.postgresql')))\n"
@@ -592,7 +599,7 @@ def test_a_campaign_that_cannot_be_read_fails_its_messages_not_the_batch(
 ) -> None:
     """prepare reads each campaign once per batch; one whose settings raise
     fails its own messages, and the batch's other messages are prepared."""
-    from engage.prepare import Outcome, Ready, prepare
+    from engage.delivery.prepare import Outcome, Ready, prepare
 
     class Broken:
         name = "broken"

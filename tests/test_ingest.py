@@ -19,13 +19,7 @@ import pytest
 from sqlalchemy import Engine, select
 
 from engage.config import Config
-from engage.db.models import (
-    Customer,
-    Interaction,
-    PointsAllocation,
-    PointsLot,
-    PointsRedemption,
-)
+from engage.db.models import Customer, Interaction, PointsAllocation, PointsLot, PointsRedemption
 from engage.errors import EngageError
 from engage.ingest import ImportResult, import_file, import_rows
 

@@ -24,14 +24,14 @@ from sqlalchemy import (
 )
 from sqlalchemy.pool import StaticPool
 
-from engage import suppressions
 from engage.db import make_engine
 from engage.db.bulk import all_rows, in_values, insert_ignore, update_rows
 from engage.db.models import Base, Message, UTCDateTime
 from engage.db.session import shared_across_threads
-from engage.pipeline import Lane, WriteBehind
-from engage.planner import plan_occurrence
-from engage.prepare import helper_url
+from engage.delivery.prepare import helper_url
+from engage.planning import suppressions
+from engage.planning.pipeline import Lane, WriteBehind
+from engage.planning.planner import plan_occurrence
 
 from .helpers import NOW, add_customer, add_interaction, make_config
 from .test_planner import campaign

@@ -9,11 +9,11 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import Engine, func, insert, select
 
-from engage import suppressions
 from engage.campaigns.schema import Campaign
 from engage.config import Config
 from engage.db.models import CampaignRun, Customer, Message
-from engage.planner import dedupe_key, dry_run, plan_occurrence
+from engage.planning import suppressions
+from engage.planning.planner import dedupe_key, dry_run, plan_occurrence
 
 from .helpers import NOW, add_customer, add_interaction, make_config
 
@@ -251,7 +251,7 @@ def test_reentry_after_activity(engine: Engine, tmp_path: Path) -> None:
 
 
 def test_preview_applies_the_same_rules_as_planning(engine: Engine, tmp_path: Path) -> None:
-    from engage.operations import preview_message
+    from engage.planning.preview import preview_message
 
     config = make_config(tmp_path)
     add_customer(engine, "ann")

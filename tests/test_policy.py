@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engage.config import Config, FrequencyCap, Window
-from engage.policy import (
+from engage.customers.recipients import Recipient
+from engage.planning.policy import (
     CampaignRules,
     History,
     Suppressions,
@@ -23,7 +24,6 @@ from engage.policy import (
     next_send_time,
     reentry_allows,
 )
-from engage.recipients import Recipient
 
 NOW = datetime(2026, 6, 15, 12, 0, tzinfo=UTC)
 

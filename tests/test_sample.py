@@ -30,7 +30,7 @@ from engage.db.models import (
     UTCDateTime,
 )
 from engage.errors import EngageError
-from engage.sample import REGIONS, TABLES, SampleStats, generate
+from engage.ingest.sample import REGIONS, TABLES, SampleStats, generate
 from engage.timeutil import get_zone
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)

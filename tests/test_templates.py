@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from jinja2.exceptions import SecurityError
 
 from engage.config import Config
+from engage.customers.recipients import PointsSummary, Recipient
 from engage.errors import ConfigError, Problem
-from engage.recipients import PointsSummary, Recipient
 from engage.templating import (
     CampaignInfo,
     Renderer,

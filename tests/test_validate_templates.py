@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engage.validate import validate_path
+from engage.campaigns.validate import validate_path
 
 from .helpers import make_config
 

@@ -28,20 +28,22 @@ from sqlalchemy import (
 from sqlalchemy.sql import Select
 
 from ..config import Config
-from ..db.models import Customer, Interaction, Money, PointsLot
-from ..recipients import (
+from ..customers.facts import (
     DEFAULT_EXPIRING_WINDOW,
-    Recipient,
-    _at,
-    decision_query,
-    decision_row_to_recipient,
+    at_instant,
     engagement_filter,
     lifetime_value_of,
     order_count_of,
     orders_where,
+)
+from ..customers.recipients import (
+    Recipient,
+    decision_query,
+    decision_row_to_recipient,
     recipients_query,
     row_to_recipient,
 )
+from ..db.models import Customer, Interaction, Money, PointsLot
 
 
 def expiring_window(audience: Any) -> timedelta:
@@ -74,7 +76,7 @@ def _engaged(config: Config, as_of: datetime, after: Any = None, upto: Any = Non
     c, i = Customer.__table__, Interaction.__table__
     q = select(literal(1)).select_from(i).where(
         i.c.customer_id == c.c.id,
-        i.c.occurred_at <= (upto if upto is not None else _at(as_of)),
+        i.c.occurred_at <= (upto if upto is not None else at_instant(as_of)),
         engagement_filter(config),
     )
     if after is not None:
@@ -90,10 +92,10 @@ def _lots_with(as_of: datetime, minimum: int, horizon: datetime | None) -> Colum
     """
     c, p = Customer.__table__, PointsLot.__table__
     q = select(p.c.customer_id).where(
-        p.c.earned_at <= _at(as_of), p.c.expires_at > _at(as_of), p.c.remaining > 0
+        p.c.earned_at <= at_instant(as_of), p.c.expires_at > at_instant(as_of), p.c.remaining > 0
     )
     if horizon is not None:
-        q = q.where(p.c.expires_at <= _at(horizon))
+        q = q.where(p.c.expires_at <= at_instant(horizon))
     q = q.group_by(p.c.customer_id).having(func.sum(p.c.remaining) >= minimum)
     return c.c.id.in_(q)
 
@@ -110,7 +112,7 @@ def conditions(audience: Any, config: Config, as_of: datetime) -> list[ColumnEle
     at all and created_at >= t).
     """
     c = Customer.__table__.c
-    out: list[ColumnElement[bool]] = [c.created_at <= _at(as_of)]
+    out: list[ColumnElement[bool]] = [c.created_at <= at_instant(as_of)]
     # When the audience requires an order and orders count as engagement, every
     # member has engaged, so last activity is the latest engagement and the
     # created_at branches below are decided: leaving them out gives the
@@ -119,7 +121,7 @@ def conditions(audience: Any, config: Config, as_of: datetime) -> list[ColumnEle
     engaged = _requires_order(audience) and _order_is_engagement(config)
 
     def ago(d: timedelta) -> Any:
-        return _at(as_of - d)
+        return at_instant(as_of - d)
 
     if audience.quiet_for is not None:
         t = ago(audience.quiet_for)
@@ -202,7 +204,7 @@ def _engaged_since(config: Config, as_of: datetime, since: Any) -> Any:
         .where(
             i.c.customer_id == c.c.id,
             i.c.occurred_at >= since,
-            i.c.occurred_at <= _at(as_of),
+            i.c.occurred_at <= at_instant(as_of),
             engagement_filter(config),
         )
     )

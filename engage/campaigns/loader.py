@@ -10,6 +10,7 @@ ones), ``load_campaigns`` raises them all as one ``ValidationFailed``.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from ..config import Config, Window
-from ..errors import Problem, ValidationFailed
+from ..errors import NotFound, Problem, ValidationFailed
 from ..yamlutil import Where, YamlSyntaxError, load_yaml_file, locate, problems_from_validation
 from .schema import NAME_RE, TEMPLATE_RE, Audience, Campaign, Schedule
 
@@ -232,3 +233,17 @@ def load_campaigns(config: Config, *, directory: Path | None = None) -> list[Cam
     if result.errors:
         raise ValidationFailed(result.problems)
     return result.campaigns
+
+
+def find_campaign(campaigns: Sequence[Campaign], name: str) -> Campaign:
+    for c in campaigns:
+        if c.name == name:
+            return c
+    names = [c.name for c in campaigns]
+    close = difflib.get_close_matches(name, names, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(names) or 'none'})"
+    raise NotFound(f"no campaign named {name!r}{hint}")
+
+
+def load_campaign(config: Config, name: str) -> Campaign:
+    return find_campaign(load_campaigns(config), name)

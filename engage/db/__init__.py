@@ -1,4 +1,4 @@
-"""Database layer: models, engines, migrations."""
+"""Database layer (the floor of the flow): models, engines, bulk writes, migrations."""
 
 from __future__ import annotations
 

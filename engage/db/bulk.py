@@ -288,7 +288,7 @@ def all_rows(conn: Connection, query: Select[Any] | CompoundSelect) -> list[tupl
 
     On SQLite the database builds one JSON array of the rows: the driver then
     releases the GIL once for the statement instead of once per row, which
-    matters on a background thread (see ``engage.pipeline``). Values come back
+    matters on a background thread (see ``engage.planning.pipeline``). Values come back
     as JSON gives them, without the column types' result processing: text,
     integers and NULL exactly, reals to 15 significant digits only, and no
     BLOBs. The callers read text and integers only.

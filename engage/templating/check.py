@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from ..customers.recipients import Recipient
 from ..errors import EngageError, Problem
-from ..recipients import Recipient
 from ..timeutil import utcnow
 from .context import CampaignInfo, sample_recipient
 from .environment import TemplateRenderError, render_error

@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 from babel import Locale, UnknownLocaleError
 
 from ..config import Config
-from ..recipients import PointsSummary, Recipient
+from ..customers.recipients import PointsSummary, Recipient
 from ..timeutil import ensure_utc, get_zone
 
 RENDER_INFO_KEY = "_engage_render"

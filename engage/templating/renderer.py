@@ -21,8 +21,8 @@ from typing import Any, Literal
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from ..config import Config
+from ..customers.recipients import Recipient
 from ..errors import Problem
-from ..recipients import Recipient
 from ..unsubscribe import make_token, unsubscribe_url
 from .context import CampaignInfo, build_context
 from .environment import TemplateRenderError, make_environment, render_error

@@ -9,11 +9,11 @@ from typing import Any
 
 from sqlalchemy import Engine, and_, or_, select
 
-from .config import Config
-from .db.models import Interaction, Message, PointsLot, Suppression
-from .errors import NotFound
-from .recipients import Recipient, load_recipients
-from .timeutil import isoformat_z
+from ..config import Config
+from ..customers.recipients import Recipient, load_recipients
+from ..db.models import Interaction, Message, PointsLot, Suppression
+from ..errors import NotFound
+from ..timeutil import isoformat_z
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,12 @@ from typing import cast
 
 from sqlalchemy import Connection, Engine, Table, and_, delete, or_, select
 
-from .db.bulk import all_rows, in_values, insert_ignore
-from .db.models import SUPPRESSION_REASONS, Suppression
-from .errors import EngageError
+from ..customers.recipients import Recipient
+from ..db.bulk import all_rows, in_values, insert_ignore
+from ..db.models import SUPPRESSION_REASONS, Suppression
+from ..errors import EngageError
+from ..timeutil import utcnow
 from .policy import Suppressions, normalize_address
-from .recipients import Recipient
-from .timeutil import utcnow
 
 S = cast(Table, Suppression.__table__)
 CHANNELS = ("email", "sms")

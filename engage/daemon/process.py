@@ -39,19 +39,19 @@ from typing import IO, Any
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 
-from .campaigns.loader import collect_campaigns
-from .campaigns.schema import Campaign
-from .catchup import plan_due
-from .channels import build_channels
-from .config import Config, default_config_path, load_config
-from .dispatch import Dispatcher, DispatchStats, default_owner, expire_leases
-from .errors import ConfigError, EngageError, Problem
-from .outbox import counts_by_status
-from .planner import PlanResult
+from ..campaigns.loader import collect_campaigns
+from ..campaigns.schema import Campaign
+from ..config import Config, default_config_path, load_config
+from ..delivery.channels import build_channels
+from ..delivery.dispatch import Dispatcher, DispatchStats, default_owner, expire_leases
+from ..delivery.outbox import counts_by_status
+from ..errors import ConfigError, EngageError, Problem
+from ..planning.catchup import plan_due
+from ..planning.planner import PlanResult
+from ..templating.renderer import Renderer
+from ..timeutil import utcnow
 from .scheduler import add_periodic, make_scheduler, run_soon, sync_campaigns
 from .status import forget_worker, heartbeat
-from .templating.renderer import Renderer
-from .timeutil import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ class DaemonLock:
 
 def check_schema(engine: Engine) -> None:
     """Refuse to run on a database without the current schema."""
-    from .db import current_revision, head_revision
+    from ..db import current_revision, head_revision
 
     current, head = current_revision(engine), head_revision()
     if current is None:

@@ -27,8 +27,8 @@ from twilio.http.response import Response
 from twilio.rest import Client
 from urllib3.exceptions import NewConnectionError
 
-from ..config import Config, TwilioChannel
-from ..errors import ConfigError, PermanentSendError, SendError, TransientSendError
+from ...config import Config, TwilioChannel
+from ...errors import ConfigError, PermanentSendError, SendError, TransientSendError
 from ._common import CONNECT, NETWORK, TIMEOUT, parse_retry_after, scrub
 from .base import ChannelKind, Outgoing, SendResult
 

@@ -8,9 +8,9 @@ from typing import Any, cast
 
 from sqlalchemy import Engine, Table, func, select
 
-from .db.models import MESSAGE_STATES, Message
-from .errors import EngageError
-from .timeutil import isoformat_z
+from ..db.models import MESSAGE_STATES, Message
+from ..errors import EngageError
+from ..timeutil import isoformat_z
 
 M = cast(Table, Message.__table__)
 

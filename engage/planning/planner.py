@@ -33,12 +33,14 @@ from sqlalchemy import (
     update,
 )
 
+from ..campaigns.audience import stream_audience
+from ..config import Config
+from ..customers.recipients import Recipient
+from ..db.bulk import all_rows, in_values, insert_ignore, no_index
+from ..db.models import CampaignRun, Message
+from ..db.session import shared_across_threads
+from ..timeutil import ensure_utc, utcnow
 from . import suppressions
-from .campaigns.audience import stream_audience
-from .config import Config
-from .db.bulk import all_rows, in_values, insert_ignore, no_index
-from .db.models import CampaignRun, Message
-from .db.session import shared_across_threads
 from .pipeline import Lane, WriteBehind
 from .policy import (
     CAP_STATES,
@@ -49,8 +51,6 @@ from .policy import (
     Suppressions,
     decide,
 )
-from .recipients import Recipient
-from .timeutil import ensure_utc, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +193,7 @@ class DryRun:
     decisions: list[Evaluated] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        from .timeutil import isoformat_z
+        from ..timeutil import isoformat_z
 
         decisions = []
         for e in self.decisions:

@@ -35,7 +35,7 @@ from typing import Any
 
 from sqlalchemy import JSON, Connection, Engine, Table, func, select, text
 
-from .db.models import (
+from ..db.models import (
     Customer,
     Interaction,
     PointsAllocation,
@@ -43,8 +43,8 @@ from .db.models import (
     PointsRedemption,
     UTCDateTime,
 )
-from .errors import EngageError
-from .timeutil import ensure_utc
+from ..errors import EngageError
+from ..timeutil import ensure_utc
 
 DAY = 86_400.0
 YEAR = 365 * DAY

@@ -14,10 +14,10 @@ from typing import Any, cast
 
 from sqlalchemy import Engine, Table, delete, func, insert, select, update
 
-from .campaigns.cron import next_occurrence
-from .db.models import CampaignRun, Worker
-from .outbox import counts_by_status
-from .timeutil import isoformat_z
+from ..campaigns.cron import next_occurrence
+from ..db.models import CampaignRun, Worker
+from ..delivery.outbox import counts_by_status
+from ..timeutil import isoformat_z
 
 R = cast(Table, CampaignRun.__table__)
 W = cast(Table, Worker.__table__)

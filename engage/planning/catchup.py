@@ -40,12 +40,12 @@ from typing import Any, cast
 
 from sqlalchemy import Connection, Engine, Table, func, select, text
 
-from .campaigns.cron import occurrences
-from .config import Config
-from .db.bulk import insert_ignore
-from .db.models import CampaignRun
+from ..campaigns.cron import occurrences
+from ..config import Config
+from ..db.bulk import insert_ignore
+from ..db.models import CampaignRun
+from ..timeutil import ensure_utc
 from .planner import PlanResult, plan_occurrence
-from .timeutil import ensure_utc
 
 log = logging.getLogger(__name__)
 R = cast(Table, CampaignRun.__table__)

@@ -10,8 +10,8 @@ setups (``file``/``console``) never need it.
 
 from __future__ import annotations
 
-from ..config import Config
-from ..errors import ConfigError
+from ...config import Config
+from ...errors import ConfigError
 from .base import Channel, ChannelKind, Outgoing, SendResult
 
 __all__ = [

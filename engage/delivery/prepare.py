@@ -25,15 +25,16 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from . import logs, suppressions
+from .. import logs
+from ..config import Config
+from ..customers.recipients import Recipient, load_recipients
+from ..db.session import in_memory_sqlite
+from ..errors import EngageError
+from ..planning import suppressions
+from ..planning.policy import Suppressions, reachability
+from ..templating.context import CampaignInfo
+from ..templating.renderer import Renderer, Snapshot
 from .channels.base import Outgoing
-from .config import Config
-from .db.session import in_memory_sqlite
-from .errors import EngageError
-from .policy import Suppressions, reachability
-from .recipients import Recipient, load_recipients
-from .templating.context import CampaignInfo
-from .templating.renderer import Renderer, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +172,7 @@ _state: dict[str, Any] = {}  # in the helper: its engine, config, renderer and g
 def _helper_start(
     config: Config, db_url: str, parent: int, log_as: tuple[logging.Formatter | None, int]
 ) -> None:
-    from .db.session import make_engine
+    from ..db.session import make_engine
 
     logs.inherit(*log_as)  # masked, JSON or text, like the dispatcher's own log
 

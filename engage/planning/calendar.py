@@ -9,11 +9,11 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from .campaigns.audience import count_audience
-from .campaigns.cron import occurrences
-from .campaigns.schema import Campaign
-from .config import Config
-from .timeutil import get_zone, isoformat_z
+from ..campaigns.audience import count_audience
+from ..campaigns.cron import occurrences
+from ..campaigns.schema import Campaign
+from ..config import Config
+from ..timeutil import get_zone, isoformat_z
 
 
 @dataclass(frozen=True)

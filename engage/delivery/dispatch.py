@@ -26,15 +26,15 @@ from typing import Any, cast
 
 from sqlalchemy import Engine, Table, and_, or_, select, update
 
-from . import suppressions
+from ..config import Config
+from ..db.bulk import update_rows
+from ..db.models import Message
+from ..errors import PermanentSendError, SendError, TransientSendError
+from ..planning import suppressions
+from ..templating.renderer import Renderer
+from ..timeutil import utcnow
 from .channels.base import Channel
-from .config import Config
-from .db.bulk import update_rows
-from .db.models import Message
-from .errors import PermanentSendError, SendError, TransientSendError
 from .prepare import Claimed, Helper, Outcome, Ready, helper_url, prepare
-from .templating.renderer import Renderer
-from .timeutil import utcnow
 
 log = logging.getLogger(__name__)
 M = cast(Table, Message.__table__)

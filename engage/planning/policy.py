@@ -17,9 +17,9 @@ from functools import lru_cache
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
-from .config import Config, FrequencyCap, Window
-from .recipients import Recipient
-from .timeutil import get_zone
+from ..config import Config, FrequencyCap, Window
+from ..customers.recipients import Recipient
+from ..timeutil import get_zone
 
 Action = Literal["send", "skip"]
 

@@ -27,8 +27,8 @@ from typing import Any
 from python_http_client.exceptions import HTTPError
 from sendgrid import SendGridAPIClient
 
-from ..config import Config, SendGridChannel
-from ..errors import PermanentSendError, SendError, TransientSendError
+from ...config import Config, SendGridChannel
+from ...errors import PermanentSendError, SendError, TransientSendError
 from ._common import CONNECT, NETWORK, TIMEOUT, parse_retry_after, scrub
 from .base import ChannelKind, Outgoing, SendResult
 

@@ -9,7 +9,7 @@ The job store is in memory, always: a job store shared between processes
 duplicates or loses runs (APScheduler's FAQ). Campaign files are the source
 of truth for *what* is scheduled and ``campaign_run`` for *what already ran*,
 so every process builds its own jobs from the files, and the jobs themselves
-(in ``daemon.py``/``catchup.py``) are idempotent. Jobs coalesce and never
+(in ``daemon/process.py`` and ``planning/catchup.py``) are idempotent. Jobs coalesce and never
 overlap themselves; a cron job that fires late still runs within
 ``catch_up`` (its ``misfire_grace_time``).
 """
@@ -26,7 +26,7 @@ from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from .campaigns.cron import CampaignTrigger, trigger_for
+from ..campaigns.cron import CampaignTrigger, trigger_for
 
 CAMPAIGN_PREFIX = "campaign:"
 

@@ -1,48 +1,23 @@
-"""High-level operations behind the CLI commands and the daemon.
-
-Each function builds what it needs from config, does one job through the
-library (audience -> policy -> planner -> dispatch) and returns a plain
-result that the caller prints. No printing here.
-"""
+"""What one campaign would do, without writing anything: the dry run with each
+would-be message rendered, and the exact message one customer would get."""
 
 from __future__ import annotations
 
-import difflib
-import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import Engine
 
+from ..campaigns.audience import expiring_window
+from ..campaigns.schema import Campaign
+from ..config import Config
+from ..customers.recipients import load_recipients
+from ..errors import EngageError, NotFound
+from ..templating.renderer import RenderedEmail, RenderedSms, Renderer
 from . import suppressions
-from .campaigns.audience import expiring_window
-from .campaigns.loader import load_campaigns
-from .campaigns.schema import Campaign
-from .channels import build_channels
-from .config import Config
-from .dispatch import Dispatcher, DispatchStats
-from .errors import EngageError, NotFound
-from .outbox import count_waiting
-from .planner import DryRun, Evaluated, PlanResult, dry_run, load_history, plan_occurrence
+from .planner import DryRun, Evaluated, dry_run, load_history
 from .policy import CampaignRules, decide
-from .recipients import load_recipients
-from .templating.renderer import RenderedEmail, RenderedSms, Renderer
-
-
-def find_campaign(campaigns: Sequence[Campaign], name: str) -> Campaign:
-    for c in campaigns:
-        if c.name == name:
-            return c
-    names = [c.name for c in campaigns]
-    close = difflib.get_close_matches(name, names, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(names) or 'none'})"
-    raise NotFound(f"no campaign named {name!r}{hint}")
-
-
-def load_campaign(config: Config, name: str) -> Campaign:
-    return find_campaign(load_campaigns(config), name)
 
 
 def render_check(
@@ -75,45 +50,6 @@ def dry_run_campaign(
     """Who would get what and why not, rendering each would-be message; writes nothing."""
     check = render_check(Renderer(config), campaign, as_of) if render else None
     return dry_run(engine, config, campaign, as_of, limit=limit, check_render=check)
-
-
-def make_dispatcher(
-    engine: Engine,
-    config: Config,
-    campaigns: Callable[[], Mapping[str, Any]],
-    *,
-    renderer: Renderer | None = None,
-    stop: threading.Event | None = None,
-) -> Dispatcher:
-    return Dispatcher(
-        engine, config, build_channels(config), renderer or Renderer(config), campaigns, stop=stop
-    )
-
-
-@dataclass
-class SendReport:
-    plan: PlanResult
-    dispatch: DispatchStats
-    waiting: int  # planned for later: outside the customers' send windows
-
-
-def send_occurrence(engine: Engine, config: Config, campaign: Campaign, at: datetime) -> SendReport:
-    """Plan one occurrence at ``at`` and deliver what is due by then.
-
-    Messages whose send window opens later stay ``planned`` for the daemon.
-    """
-    channels_ready = build_channels(config)  # fail on missing secrets before planning
-    for ch in channels_ready.values():
-        ch.close()
-    plan = plan_occurrence(engine, config, campaign, at, now=at)
-    dispatcher = make_dispatcher(engine, config, lambda: {campaign.name: campaign})
-    try:
-        stats = dispatcher.run_once(at, campaign=campaign.name)
-    finally:
-        dispatcher.close()
-        for ch in dispatcher.channels.values():
-            ch.close()
-    return SendReport(plan, stats, count_waiting(engine, campaign.name, at))
 
 
 @dataclass

@@ -19,8 +19,8 @@ from email.message import EmailMessage
 from email.utils import format_datetime, formataddr, make_msgid
 from pathlib import Path
 
-from ..config import Config
-from ..errors import PermanentSendError, TransientSendError
+from ...config import Config
+from ...errors import PermanentSendError, TransientSendError
 from .base import ChannelKind, Outgoing, SendResult
 
 __all__ = ["FileDropChannel", "build_email_message", "file_name"]

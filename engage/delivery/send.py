@@ -1,0 +1,58 @@
+"""``engage send``: plan one occurrence and deliver what is due by then."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine
+
+from ..campaigns.schema import Campaign
+from ..config import Config
+from ..planning.planner import PlanResult, plan_occurrence
+from ..templating.renderer import Renderer
+from .channels import build_channels
+from .dispatch import Dispatcher, DispatchStats
+from .outbox import count_waiting
+
+
+def make_dispatcher(
+    engine: Engine,
+    config: Config,
+    campaigns: Callable[[], Mapping[str, Any]],
+    *,
+    renderer: Renderer | None = None,
+    stop: threading.Event | None = None,
+) -> Dispatcher:
+    return Dispatcher(
+        engine, config, build_channels(config), renderer or Renderer(config), campaigns, stop=stop
+    )
+
+
+@dataclass
+class SendReport:
+    plan: PlanResult
+    dispatch: DispatchStats
+    waiting: int  # planned for later: outside the customers' send windows
+
+
+def send_occurrence(engine: Engine, config: Config, campaign: Campaign, at: datetime) -> SendReport:
+    """Plan one occurrence at ``at`` and deliver what is due by then.
+
+    Messages whose send window opens later stay ``planned`` for the daemon.
+    """
+    channels_ready = build_channels(config)  # fail on missing secrets before planning
+    for ch in channels_ready.values():
+        ch.close()
+    plan = plan_occurrence(engine, config, campaign, at, now=at)
+    dispatcher = make_dispatcher(engine, config, lambda: {campaign.name: campaign})
+    try:
+        stats = dispatcher.run_once(at, campaign=campaign.name)
+    finally:
+        dispatcher.close()
+        for ch in dispatcher.channels.values():
+            ch.close()
+    return SendReport(plan, stats, count_waiting(engine, campaign.name, at))
