@@ -22,6 +22,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     Numeric,
+    SmallInteger,
     String,
     Text,
     UniqueConstraint,
@@ -29,6 +30,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator, TypeEngine
+
+from .states import State
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -138,6 +141,7 @@ class Interaction(Base):
     kind: Mapped[str] = mapped_column(String(32))
     occurred_at: Mapped[datetime]
     amount: Mapped[Decimal | None]
+    score: Mapped[int | None] = mapped_column(SmallInteger)  # survey answers (kind nps): 0-10
     attributes: Mapped[dict[str, Any]] = mapped_column(default=dict)
     external_id: Mapped[str] = mapped_column(String(128), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=_now)
@@ -273,6 +277,10 @@ class Suppression(Base):
     )
     reason: Mapped[str] = mapped_column(String(32))
     source: Mapped[str | None] = mapped_column(String(100))
+    # The message that led to it (a webhook event, an unsubscribe link, a STOP
+    # reply), when known: reports count unsubscribes per campaign from these.
+    campaign: Mapped[str | None] = mapped_column(String(100))
+    message_id: Mapped[int | None] = mapped_column(BigInteger().with_variant(Integer, "sqlite"))
     created_at: Mapped[datetime] = mapped_column(default=_now)
 
 
@@ -285,17 +293,4 @@ SUPPRESSION_REASONS = (
     "manual",
 )
 
-MESSAGE_STATES = (
-    "planned",
-    "sending",
-    "sent",
-    "delivered",
-    "bounced",
-    "undelivered",
-    "retry",
-    "failed",
-    "unknown",
-    "held_out",
-    "render_error",
-    "cancelled",
-)
+MESSAGE_STATES = tuple(s.value for s in State)  # the lifecycle: engage.db.states
