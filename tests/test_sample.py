@@ -150,7 +150,14 @@ def test_interactions_fall_between_sign_up_and_now(engine: Engine, sample: Sampl
         assert (i.amount is not None) == (i.kind == "order")
         if i.amount is not None:
             assert i.amount > 0 and i.amount == i.amount.quantize(Decimal("0.01"))
-    assert set(kinds) == {"visit", "order", "email_open", "email_click", "support", "sms_reply"}
+        assert (i.score is not None) == (i.kind == "nps")  # survey answers carry a score
+        if i.score is not None:
+            assert 0 <= i.score <= 10
+    assert set(kinds) == {
+        "visit", "order", "email_open", "email_click", "support", "sms_reply", "nps"
+    }
+    scores = [i.score for i in rows if i.score is not None]
+    assert min(scores) <= 6 and max(scores) >= 9  # detractors and promoters both answer
     assert max(kinds, key=kinds.__getitem__) == "visit"
     assert len({i.external_id for i in rows}) == len(rows)
 
