@@ -420,6 +420,34 @@ def test_a_bad_file_name_explains_where_the_name_came_from(project: Project) -> 
             "campaigns/winback.yaml:6:23: audience.min_lifetime_value: "
             "expected an amount such as 250 or 99.90, got 'lots'",
         ),
+        (
+            "nps_at_most: 11",
+            "campaigns/winback.yaml:6:16: audience.nps_at_most: "
+            "Input should be less than or equal to 10",
+        ),
+        (
+            "nps_at_least: -1",
+            "campaigns/winback.yaml:6:17: audience.nps_at_least: "
+            "Input should be greater than or equal to 0",
+        ),
+        (
+            "nps_at_most: low",
+            "campaigns/winback.yaml:6:16: audience.nps_at_most: Input should be a valid integer",
+        ),
+        (
+            "nps_at_most: 6\n  nps_at_least: 9",
+            "campaigns/winback.yaml:7:17: audience.nps_at_least: "
+            "must be at most nps_at_most (6), or nobody can match",
+        ),
+        (
+            "nps_within: 90d",
+            "campaigns/winback.yaml:6:15: audience.nps_within: "
+            "only valid together with nps_at_most or nps_at_least",
+        ),
+        (
+            "nps_at_most: 6\n  nps_within: 0d",
+            "campaigns/winback.yaml:7:15: audience.nps_within: must be a positive duration",
+        ),
     ],
 )
 def test_cross_field_rules_point_at_the_later_field(
