@@ -29,7 +29,7 @@ from bisect import bisect
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -472,6 +472,48 @@ def _poisson(rng: random.Random, lam: float) -> int:
         k += 1
         p *= rng.random()
     return k
+
+
+# Customers who got a campaign's message order within its attribution window
+# more often than its holdout does: the lift `engage report` should find.
+RESPONSE_RATES = {False: 0.20, True: 0.08}  # held out -> chance of an order
+
+
+def responses(
+    members: Sequence[tuple[str, str, datetime, bool]],
+    *,
+    now: datetime,
+    window: timedelta,
+    seed: int = 42,
+) -> list[dict[str, Any]]:
+    """Orders that campaign messages led to, for sample shops that ran campaigns.
+
+    ``members``: ``(campaign, customer_id, planned send instant, held_out)``.
+    Each member orders within ``window`` after the send instant (and before
+    ``now``) with ``RESPONSE_RATES`` chance: recipients more often than the
+    holdout. Returns interaction rows (``import_rows`` shape) with external
+    ids that are stable for the same members and seed.
+    """
+    rng = random.Random(seed)
+    out: list[dict[str, Any]] = []
+    horizon = ensure_utc(now)
+    for campaign, customer_id, sent, held_out in members:
+        sent = ensure_utc(sent)
+        if rng.random() >= RESPONSE_RATES[held_out]:
+            continue
+        room = min(window, horizon - sent)
+        if room <= timedelta(0):
+            continue
+        at = sent + room * rng.random()
+        value = rng.lognormvariate(4.0, 0.6)
+        out.append({
+            "customer_id": customer_id,
+            "kind": "order",
+            "occurred_at": at.isoformat(),
+            "amount": f"{value:.2f}",
+            "external_id": f"response-{campaign}-{customer_id}-{int(sent.timestamp())}",
+        })
+    return out
 
 
 def _nps_score(rng: random.Random, quiet: bool) -> int:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, Select, func, select
@@ -28,6 +28,13 @@ from .shop import ShopFigures, cents, distinct_values, shop_figures
 from .stats import money, money_per
 
 VERSION = 1
+
+
+def duration_text(value: timedelta) -> str:
+    """``7d``, ``365d`` (whole days as days, not weeks), else ``12h``, ``90m``..."""
+    if value % timedelta(days=1) == timedelta(0):
+        return f"{value.days}d"
+    return format_duration(value)
 
 
 @dataclass(frozen=True)
@@ -102,8 +109,8 @@ class Report:
                 "partial": p.partial,
             },
             "settings": {
-                "retention_window": format_duration(c.retention_window),
-                "attribution_window": format_duration(c.attribution_window),
+                "retention_window": duration_text(c.retention_window),
+                "attribution_window": duration_text(c.attribution_window),
                 "loyal_min_orders": c.loyal_min_orders,
                 "min_holdout": MIN_HOLDOUT,
                 "engagement_kinds": c.engagement_kinds,
