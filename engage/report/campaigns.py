@@ -179,12 +179,19 @@ def conversions_query(
     ).subquery("members")
     o = LOG.alias("o")
     later = MSG.alias("later")
+    # Every attributed order, and every message that could take one from a
+    # member, lies in [start, end + window): said outright, so that the
+    # databases read that time range of the indexes rather than every order
+    # or the whole outbox when they prefer a hash join.
+    horizon = at_instant(period.end + timedelta(seconds=seconds))
     # A later message of the same campaign whose window also holds the order takes it.
     superseded = exists(
         select(literal(1)).where(
             later.c.campaign == members.c.campaign,
             later.c.customer_id == members.c.customer_id,
             later.c.status.in_([s.value for s in GROUP_STATES]),
+            later.c.send_after >= at_instant(period.start),
+            later.c.send_after < horizon,
             later.c.send_after <= o.c.occurred_at,
             or_(
                 later.c.send_after > members.c.send_after,
@@ -206,6 +213,8 @@ def conversions_query(
                     o.c.kind == "order",
                     o.c.occurred_at >= members.c.send_after,
                     o.c.occurred_at < shifted(members.c.send_after, literal(seconds, Integer)),
+                    o.c.occurred_at >= at_instant(period.start),
+                    o.c.occurred_at < horizon,
                 ),
             )
         )

@@ -174,6 +174,12 @@ def build_report(
         if conn.dialect.name == "postgresql":
             conn = conn.execution_options(isolation_level="REPEATABLE READ")
         with conn.begin():
+            version = conn.dialect.server_version_info or (0,)
+            if conn.dialect.name == "postgresql" and version >= (11,):
+                # Each statement runs once over a big range: compiling it to
+                # machine code (JIT, on above a cost estimate that a million
+                # customers exceed) costs more than it saves.
+                conn.exec_driver_sql("SET LOCAL jit = off")
             shop = shop_figures(conn, period, config)
             figures = campaign_figures(
                 conn, period, config.attribution_window, marks, now, campaigns

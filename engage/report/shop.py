@@ -279,7 +279,13 @@ def purchases_query(period: Period, loyal_min_orders: int) -> Select[Any]:
         .scalar_subquery()
     )
     ever = (per.c.orders + earlier).label("ever")
-    counted = select(per.c.orders, per.c.cents, ever).subquery("counted")
+    # Materialized on PostgreSQL, which would otherwise inline ``ever`` into
+    # both sums below and count each buyer's earlier orders twice.
+    counted = (
+        select(per.c.orders, per.c.cents, ever)
+        .cte("counted")
+        .prefix_with("MATERIALIZED", dialect="postgresql")
+    )
     return select(
         _zero(func.sum(counted.c.orders)),
         _zero(func.sum(counted.c.cents)),
