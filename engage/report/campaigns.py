@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
@@ -285,7 +286,7 @@ class Lift:
     low: float | None = None
     high: float | None = None
     relative: float | None = None  # percent of the holdout's rate
-    incremental_revenue: Any = None  # Decimal
+    incremental_revenue: Decimal | None = None
 
     @property
     def significant(self) -> bool | None:
@@ -337,9 +338,6 @@ def lift_of(recipients: Group, holdout: Group, min_holdout: int = MIN_HOLDOUT) -
         relative=relative,
         incremental_revenue=money(recipients.revenue_cents - expected),
     )
-
-
-FUNNEL = ("planned", "sent", "delivered", "bounced", "undelivered", "failed", "waiting", "held_out")
 
 
 @dataclass
