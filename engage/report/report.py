@@ -11,6 +11,8 @@ planned, sent, delivered, held-out and converted messages per bucket.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -28,6 +30,7 @@ from .shop import ShopFigures, cents, distinct_values, shop_figures
 from .stats import money, money_per
 
 VERSION = 1
+log = logging.getLogger(__name__)
 
 
 def duration_text(value: timedelta) -> str:
@@ -169,6 +172,7 @@ def build_report(
     """Every figure for ``period``, read in one repeatable-read snapshot on
     PostgreSQL (one transaction on SQLite), so the figures agree with each
     other. ``campaigns`` limits the campaign section to those names."""
+    started = time.perf_counter()
     unit, marks = period.buckets()
     with engine.connect() as conn:
         if conn.dialect.name == "postgresql":
@@ -189,6 +193,19 @@ def build_report(
                 for b, n, c in conn.execute(orders_series_query(period, marks))
             }
             signups = {int(b): int(n) for b, n in conn.execute(signups_series_query(period, marks))}
+    log.info(
+        "report for %s to %s: %d campaigns",
+        isoformat_z(period.start),
+        isoformat_z(period.end),
+        len(figures),
+        extra={
+            "event": "report_built",
+            "start": isoformat_z(period.start),
+            "end": isoformat_z(period.end),
+            "campaigns": len(figures),
+            "seconds": round(time.perf_counter() - started, 3),
+        },
+    )
     buckets = [
         Bucket(
             marks[k],
