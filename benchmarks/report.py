@@ -139,8 +139,21 @@ MEMBERS = """
         SELECT id, campaign, customer_id, send_after,
                CASE WHEN status = 'held_out' THEN 1 ELSE 0 END AS holdout, {bucket} AS bucket
         FROM message WHERE status IN ({grouped}) AND send_after >= :s AND send_after < :e"""
-STATES = ("planned", "sending", "sent", "delivered", "bounced", "undelivered", "retry",
-          "failed", "unknown", "held_out", "render_error", "cancelled", "expired")
+STATES = (
+    "planned",
+    "sending",
+    "sent",
+    "delivered",
+    "bounced",
+    "undelivered",
+    "retry",
+    "failed",
+    "unknown",
+    "held_out",
+    "render_error",
+    "cancelled",
+    "expired",
+)
 GROUPED = ("sent", "delivered", "bounced", "undelivered", "held_out")
 
 
@@ -155,9 +168,7 @@ def hand_bucket(buckets: int) -> str:
     return f"CASE {whens} ELSE {buckets - 1} END" if whens else "0"
 
 
-def hand_sql(
-    name: str, dialect: str, kinds: list[str], window: timedelta, buckets: int = 1
-) -> str:
+def hand_sql(name: str, dialect: str, kinds: list[str], window: timedelta, buckets: int = 1) -> str:
     sql = HAND[name]
     if name == "activity":
         sql = sql.format(kinds=_quoted(kinds) or "NULL")
@@ -170,8 +181,10 @@ def hand_sql(
         if dialect == "postgresql":
             end = f"m.send_after + interval '{seconds} seconds'"
         else:  # shift the whole seconds, keep the stored fraction
-            end = (f"datetime(substr(m.send_after, 1, 19), '+{seconds} seconds')"
-                   " || substr(m.send_after, 20)")
+            end = (
+                f"datetime(substr(m.send_after, 1, 19), '+{seconds} seconds')"
+                " || substr(m.send_after, 20)"
+            )
         sql = sql.format(
             members=MEMBERS.format(grouped=_quoted(GROUPED), bucket=hand_bucket(buckets)),
             window_end=end,
@@ -208,9 +221,7 @@ def _hand_query(sql: str, params: dict[str, Any]) -> Any:
 
 def _normalise(rows: list[Any]) -> list[tuple[Any, ...]]:
     """Rows as comparable tuples (numbers as ints, text as text), sorted."""
-    return sorted(
-        tuple(v if isinstance(v, str) else int(v or 0) for v in row) for row in rows
-    )
+    return sorted(tuple(v if isinstance(v, str) else int(v or 0) for v in row) for row in rows)
 
 
 # --- the campaigns' messages ---------------------------------------------------------
@@ -240,22 +251,53 @@ def _message_rows(ctx: Context, period: Period) -> Iterator[tuple[list[dict], li
                 at = period.start + timedelta(seconds=span * h / (share * 100))
                 held = h < share * holdout  # the first holdout% of the chosen
                 k = h % 100
-                status = ("held_out" if held else "delivered" if k < 55 else "sent" if k < 85
-                          else "bounced" if k < 88 else "failed" if k < 90 else "cancelled"
-                          if k < 93 else "undelivered" if k < 95 else "planned")
-                messages.append({
-                    "dedupe_key": f"{name}|{cid}", "campaign": name, "customer_id": cid,
-                    "channel": "email", "address": None, "template": "winback",
-                    "priority": 50, "counts_toward_cap": True, "status": status,
-                    "planned_at": at, "send_after": at, "attempts": 1,
-                    "sent_at": None if held else at, "updated_at": at,
-                })
+                status = (
+                    "held_out"
+                    if held
+                    else "delivered"
+                    if k < 55
+                    else "sent"
+                    if k < 85
+                    else "bounced"
+                    if k < 88
+                    else "failed"
+                    if k < 90
+                    else "cancelled"
+                    if k < 93
+                    else "undelivered"
+                    if k < 95
+                    else "planned"
+                )
+                messages.append(
+                    {
+                        "dedupe_key": f"{name}|{cid}",
+                        "campaign": name,
+                        "customer_id": cid,
+                        "channel": "email",
+                        "address": None,
+                        "template": "winback",
+                        "priority": 50,
+                        "counts_toward_cap": True,
+                        "status": status,
+                        "planned_at": at,
+                        "send_after": at,
+                        "attempts": 1,
+                        "sent_at": None if held else at,
+                        "updated_at": at,
+                    }
+                )
                 if not held and k == 99:
-                    opt_outs.append({
-                        "channel": "email", "address": f"{cid}@{name}.invalid",
-                        "customer_id": cid, "reason": "unsubscribe", "source": SOURCE,
-                        "campaign": name, "created_at": at + timedelta(hours=1),
-                    })
+                    opt_outs.append(
+                        {
+                            "channel": "email",
+                            "address": f"{cid}@{name}.invalid",
+                            "customer_id": cid,
+                            "reason": "unsubscribe",
+                            "source": SOURCE,
+                            "campaign": name,
+                            "created_at": at + timedelta(hours=1),
+                        }
+                    )
             if len(messages) >= 5000:
                 yield messages, opt_outs
                 messages, opt_outs = [], []
@@ -340,9 +382,7 @@ def run(ctx: Context, runs: int = 3) -> list[Result]:
             )
             per[name] = (mine_s, hand_s, _same(mine_rows, hand_rows))
         now = ctx.now
-        whole_s, report = best_of(
-            runs, lambda: build_report(ctx.engine, config, period, now)
-        )
+        whole_s, report = best_of(runs, lambda: build_report(ctx.engine, config, period, now))
         memory = _memory(ctx, period)
     hand_total = sum(h for _, h, _ in per.values())
     shop = report.shop
@@ -401,19 +441,23 @@ def run(ctx: Context, runs: int = 3) -> list[Result]:
     return results
 
 
-def _memory_child(db_url: str, workdir: str, start: str, end: str, now_iso: str,
-                  out: Any) -> None:
+def _memory_child(db_url: str, workdir: str, start: str, end: str, now_iso: str, out: Any) -> None:
     config = bench_config(Path(workdir))
     engine = make_engine(db_url)
     before = peak_rss_mb()
-    period = Period.between(datetime.fromisoformat(start), datetime.fromisoformat(end),
-                            config.zone)
+    period = Period.between(datetime.fromisoformat(start), datetime.fromisoformat(end), config.zone)
     seconds, report = timed(
         lambda: build_report(engine, config, period, datetime.fromisoformat(now_iso))
     )
     engine.dispose()
-    out.send({"peak_rss_mb": peak_rss_mb(), "rss_before_mb": before, "seconds": seconds,
-              "campaigns": len(report.campaigns)})
+    out.send(
+        {
+            "peak_rss_mb": peak_rss_mb(),
+            "rss_before_mb": before,
+            "seconds": seconds,
+            "campaigns": len(report.campaigns),
+        }
+    )
 
 
 def _memory(ctx: Context, period: Period) -> dict[str, Any]:
@@ -422,12 +466,17 @@ def _memory(ctx: Context, period: Period) -> dict[str, Any]:
     parent, child = spawn.Pipe(duplex=False)
     proc = spawn.Process(
         target=_memory_child,
-        args=(ctx.db_url, str(ctx.workdir), period.start.isoformat(), period.end.isoformat(),
-              ctx.now.isoformat(), child),
+        args=(
+            ctx.db_url,
+            str(ctx.workdir),
+            period.start.isoformat(),
+            period.end.isoformat(),
+            ctx.now.isoformat(),
+            child,
+        ),
     )
     proc.start()
     child.close()
     report: dict[str, Any] = parent.recv()
     proc.join()
     return report
-

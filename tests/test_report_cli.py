@@ -33,8 +33,13 @@ def test_report_after_the_demo_has_every_section(demo: Path) -> None:
     assert shop["customers"]["total"] > 0 and shop["activity"]["active"] > 0
     assert shop["retention"]["rate"] is not None and shop["retention"]["cohort_rate"] is not None
     assert shop["activity"]["churn_rate"] is not None
-    for key in ("orders", "buyers", "purchase_frequency", "repeat_purchase_rate",
-                "loyal_customer_rate"):
+    for key in (
+        "orders",
+        "buyers",
+        "purchase_frequency",
+        "repeat_purchase_rate",
+        "loyal_customer_rate",
+    ):
         assert shop["purchases"][key], key
     assert shop["purchases"]["average_order_value"] not in (None, "0.00")
     assert all(shop["points"][k] for k in ("earned", "redeemed", "expired", "redemption_rate"))
@@ -52,8 +57,16 @@ def test_report_after_the_demo_has_every_section(demo: Path) -> None:
     assert sum(b["orders"] for b in data["series"]["buckets"]) == shop["purchases"]["orders"]
     # the same report as tables
     text = run(["--config", "config.yaml", "report"], demo, {"COLUMNS": "160"}).stdout
-    for title in ("Customers", "Purchases", "Loyalty points", "Net promoter score", "Campaigns",
-                  "Conversions within 7d of the planned send", "retention rate", "winback-30d"):
+    for title in (
+        "Customers",
+        "Purchases",
+        "Loyalty points",
+        "Net promoter score",
+        "Campaigns",
+        "Conversions within 7d of the planned send",
+        "retention rate",
+        "winback-30d",
+    ):
         assert title in text, title
     assert "no holdout" in text
 
@@ -75,9 +88,10 @@ def test_report_refuses_bad_input(demo: Path) -> None:
     err = run(["report", "--campaign", "nope"], demo, code=1).stderr
     assert "no campaign named nope" in err and "winback-30d" in err
     assert "not a date" in run(["report", "--from", "2026-13-01"], demo, code=1).stderr
-    assert "after --to" in run(
-        ["report", "--from", "2026-02-02", "--to", "2026-02-01"], demo, code=1
-    ).stderr
+    assert (
+        "after --to"
+        in run(["report", "--from", "2026-02-02", "--to", "2026-02-01"], demo, code=1).stderr
+    )
     assert "future" in run(["report", "--from", "2999-01-01"], demo, code=1).stderr
     run(["report", "--json", "--csv"], demo, code=2)
 

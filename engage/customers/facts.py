@@ -165,8 +165,10 @@ def latest_answers(since: datetime, until: datetime, *, until_inclusive: bool = 
     Read from the (kind, occurred_at) index: only the range's answers are ranked.
     """
     i = Interaction.__table__
-    upto = i.c.occurred_at <= at_instant(until) if until_inclusive else (
-        i.c.occurred_at < at_instant(until)
+    upto = (
+        i.c.occurred_at <= at_instant(until)
+        if until_inclusive
+        else (i.c.occurred_at < at_instant(until))
     )
     rank = func.row_number().over(
         partition_by=i.c.customer_id, order_by=(i.c.occurred_at.desc(), i.c.id.desc())
