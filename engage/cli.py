@@ -397,6 +397,87 @@ def customer_cmd(
         out.print(table)
 
 
+def _day(value: str | None, option: str) -> Any:
+    from datetime import date
+
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value.strip())
+    except ValueError:
+        raise EngageError(f"{option}: not a date: {value!r} (use YYYY-MM-DD)") from None
+
+
+@app.command("report")
+def report_cmd(
+    ctx: typer.Context,
+    from_: Annotated[
+        str | None,
+        typer.Option("--from", help="First day (YYYY-MM-DD, config time zone; included)."),
+    ] = None,
+    to: Annotated[str | None, typer.Option("--to", help="Last day (YYYY-MM-DD; included).")] = None,
+    campaign: Annotated[
+        list[str] | None,
+        typer.Option("--campaign", help="Only this campaign (repeatable)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (docs/report.md).")] = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV, one row per figure.")] = False,
+) -> None:
+    """Shop figures (retention, churn, orders, points, NPS) and each campaign's
+    sends, conversions and lift over its holdout, for a period of whole days.
+
+    Default: the last 30 complete days in the config time zone.
+    """
+    from .report import Period, build_report
+
+    if as_json and as_csv:
+        raise typer.BadParameter("choose one of --json and --csv", param_hint="--csv")
+    c = ctx_of(ctx)
+    now = utcnow()
+    period = Period.of_days(_day(from_, "--from"), _day(to, "--to"), c.config.zone, now)
+    names = _report_campaigns(c, campaign) if campaign else None
+    report = build_report(c.engine, c.config, period, now, campaigns=names)
+    if as_json:
+        print_json(report.to_json())
+        return
+    if as_csv:
+        import csv
+
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(("section", "campaign", "figure", "value"))
+        for part, name, figure, value in report.rows():
+            text = "" if value is None else str(value).lower() if isinstance(value, bool) else value
+            writer.writerow((part, name, figure, text))
+        return
+    from rich.markup import escape
+    from rich.table import Table
+
+    from .report.text import heading, sections
+
+    out.print(heading(report), markup=False)
+    for section in sections(report):
+        table = Table(*section.columns, title=section.title, caption=section.note or None)
+        for row in section.rows:
+            table.add_row(*(escape(cell) for cell in row))
+        out.print(table)
+
+
+def _report_campaigns(c: Ctx, names: list[str]) -> list[str]:
+    """``--campaign`` names, each known from campaigns/ or from the outbox."""
+    from .campaigns.loader import collect_campaigns
+    from .report import campaign_names
+
+    known = {camp.name for camp in collect_campaigns(c.config).campaigns}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        known |= campaign_names(c.engine)
+        unknown = [n for n in names if n not in known]
+    if unknown:
+        listed = ", ".join(sorted(known)) or "none"
+        raise EngageError(f"no campaign named {', '.join(unknown)} (known: {listed})")
+    return list(dict.fromkeys(names))
+
+
 outbox_app = typer.Typer(help="Inspect and re-queue outbox messages.", invoke_without_command=True)
 app.add_typer(outbox_app, name="outbox")
 
@@ -531,7 +612,7 @@ def init_cmd(
 @app.command("demo")
 def demo_cmd(
     directory: Annotated[Path, typer.Argument(help="Demo folder (created).")] = Path("engage-demo"),
-    customers: Annotated[int, typer.Option("--customers", min=1, help="Sample size.")] = 500,
+    customers: Annotated[int, typer.Option("--customers", min=1, help="Sample size.")] = 2000,
 ) -> None:
     """Create a sample shop, run every example campaign once through the file channel,
     and show what was sent and the calendar."""
@@ -573,7 +654,7 @@ def demo_cmd(
     out.print(cal)
     out.print(
         f"explore: engage --config {directory / 'config.yaml'} "
-        "calendar | outbox | customer c0000001"
+        "report | calendar | outbox | customer c0000001"
     )
 
 

@@ -177,6 +177,7 @@ class Config(Strict):
     sms_opt_out_line: str = "Reply STOP to opt out"
     catch_up: Duration = timedelta(hours=6)
     attribution_window: Duration = timedelta(days=7)
+    retention_window: Duration = timedelta(days=365)
     loyal_min_orders: int = Field(3, ge=1)
     import_batch_size: int = Field(1000, ge=1)
     channels: Channels = Channels()
@@ -185,6 +186,13 @@ class Config(Strict):
     # Where the file was read from; not a YAML key.
     base_dir: Path = Field(default_factory=Path.cwd, exclude=True)
     secrets: dict[str, str] = Field(default_factory=dict, exclude=True, repr=False)
+
+    @field_validator("attribution_window", "retention_window")
+    @classmethod
+    def _positive_window(cls, value: timedelta) -> timedelta:
+        if value < timedelta(seconds=1):
+            raise ValueError("must be a positive duration such as 7d")
+        return value
 
     @field_validator("send_windows")
     @classmethod

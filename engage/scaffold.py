@@ -9,14 +9,18 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from sqlalchemy import Engine, select
+
 from .campaigns.cron import next_occurrence, occurrences
 from .campaigns.loader import load_campaigns
 from .config import Config, load_config
 from .db import get_engine, upgrade
+from .db.models import Message
 from .delivery.outbox import counts_by_status
 from .delivery.send import make_dispatcher
 from .errors import EngageError
-from .ingest.sample import SampleStats, generate
+from .ingest import import_rows
+from .ingest.sample import SampleStats, generate, responses
 from .planning.calendar import Entry, upcoming
 from .planning.planner import PlanResult, plan_occurrence
 
@@ -74,14 +78,17 @@ def run_demo(
     folder: Path,
     now: datetime,
     *,
-    customers: int = 500,
+    customers: int = 2000,
     progress: Callable[[str], None] = lambda _: None,
 ) -> Demo:
     """Create ``folder`` with a sample shop and run every example campaign once
     through the ``file`` channel.
 
-    Each campaign's latest occurrence is planned, then dispatch runs as of one
-    day later, so that every customer's local send window has opened once.
+    Each campaign's latest occurrence that is at least ``attribution_window``
+    old is planned, then dispatch runs as of one day later, so that every
+    customer's local send window has opened once. Then some recipients (and
+    fewer of the held-out customers) order within the window, so that
+    ``engage report`` has conversions and a lift to show.
     """
     if folder.exists() and any(folder.iterdir()) and not (folder / DEMO_MARKER).exists():
         raise EngageError(f"{folder} is not empty and not an engage demo folder")
@@ -105,8 +112,11 @@ def run_demo(
     demo = Demo(folder, config, data)
     campaigns = load_campaigns(config)
     by_name = {c.name: c for c in campaigns}
+    # A report sees every attribution window closed (sends wait up to a day for
+    # their send window to open).
+    settled = now - config.attribution_window - timedelta(days=1)
     for campaign in sorted(campaigns, key=lambda c: -c.priority):
-        past = list(occurrences(campaign, now - timedelta(days=8), now))
+        past = list(occurrences(campaign, settled - timedelta(days=8), settled))
         at = past[-1] if past else next_occurrence(campaign, now)
         if at is None:
             continue
@@ -123,8 +133,24 @@ def run_demo(
     progress(f"sent {stats.outcomes.get('sent', 0)} messages through the file channel")
     for c in demo.campaigns:
         c.sent = counts_by_status(engine, campaign=c.plan.campaign).get("sent", 0)
+    orders = responses(_members(engine), now=now, window=config.attribution_window)
+    progress(f"adding {len(orders)} orders placed after the campaigns' messages")
+    import_rows(engine, config, "interactions", enumerate(orders, 1), source="demo", now=now)
     demo.outbox = counts_by_status(engine)
     out_dir = config.resolve(config.channels.file.dir)
     demo.files = sorted(out_dir.glob("*")) if out_dir.exists() else []
     demo.calendar = upcoming(engine, config, campaigns, now, 7)
     return demo
+
+
+def _members(engine: Engine) -> list[tuple[str, str, datetime, bool]]:
+    """Recipients and held-out customers of every campaign, with the planned send instant."""
+    m = Message.__table__
+    reached = ("sent", "delivered", "held_out")
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(m.c.campaign, m.c.customer_id, m.c.send_after, m.c.status)
+            .where(m.c.status.in_(reached))
+            .order_by(m.c.id)
+        ).all()
+    return [(c, cid, at, status == "held_out") for c, cid, at, status in rows]

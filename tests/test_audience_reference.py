@@ -41,6 +41,12 @@ class Shopper:
     lots: list[tuple[int, int, datetime, datetime]] = field(default_factory=list)  # points, left
     attributes: dict[str, Any] = field(default_factory=dict)
     email_opt_in: bool = True
+    answers: list[tuple[datetime, int | None]] = field(default_factory=list)  # kind nps
+
+    @property
+    def activity(self) -> list[tuple[str, datetime, Decimal | None]]:
+        """Every interaction: the events and the survey answers (kind nps)."""
+        return self.events + [("nps", when, None) for when, _ in self.answers]
 
 
 def make_shop(rng: random.Random, n: int = 160) -> list[Shopper]:
@@ -62,10 +68,30 @@ def make_shop(rng: random.Random, n: int = 160) -> list[Shopper]:
     return shop
 
 
+def add_answers(shop: list[Shopper], rng: random.Random) -> None:
+    """Survey answers (own random stream: the rest of the shop stays as it was),
+    some on the nps_within boundaries, some at the same instant (the later row
+    is the latest), some after the instant, some without a valid score."""
+    for s in shop:
+        for _ in range(rng.choice((0, 0, 1, 1, 2, 3))):
+            when = AS_OF - rng.choice((rng.uniform(-10, 500), 180, 30, 0)) * D
+            score = rng.choice((*range(11), None, 11, -1)) if rng.random() < 0.1 else rng.randint(0, 10)
+            s.answers.append((when, score))
+            if rng.random() < 0.1:  # a second answer at the same instant
+                s.answers.append((when, rng.randint(0, 10)))
+
+
+def latest_score(s: Shopper, since: datetime) -> int | None:
+    """The score of the last valid answer in [since, AS_OF] (rows in insertion order)."""
+    valid = [(t, n, score) for n, (t, score) in enumerate(s.answers)
+             if since <= t <= AS_OF and score is not None and 0 <= score <= 10]
+    return max(valid)[2] if valid else None
+
+
 def engaged_kinds(config: Config) -> set[str]:
     if config.engagement_kinds is not None:
         return set(config.engagement_kinds)
-    return {k for k in KINDS if k not in config.ignored_kinds}
+    return {k for k in (*KINDS, "nps") if k not in config.ignored_kinds}
 
 
 def reference(shop: list[Shopper], a: Audience, config: Config) -> set[str]:
@@ -75,11 +101,12 @@ def reference(shop: list[Shopper], a: Audience, config: Config) -> set[str]:
     for s in shop:
         if s.created > AS_OF:
             continue
-        seen = [(k, t, amt) for k, t, amt in s.events if t <= AS_OF]
+        seen = [(k, t, amt) for k, t, amt in s.activity if t <= AS_OF]
         engagements = [t for k, t, _ in seen if k in kinds]
         last = max(engagements, default=s.created)
         orders = [(t, amt) for k, t, amt in seen if k == "order"]
         ltv = sum((amt for _, amt in orders if amt is not None), Decimal(0))
+        nps = latest_score(s, AS_OF - (a.nps_within or timedelta(days=180)))
         checks = [
             a.quiet_for is None or last <= AS_OF - a.quiet_for,
             a.active_within is None or last >= AS_OF - a.active_within,
@@ -89,6 +116,8 @@ def reference(shop: list[Shopper], a: Audience, config: Config) -> set[str]:
             a.last_order_within is None
             or any(t >= AS_OF - a.last_order_within for t, _ in orders),
             a.tiers is None or s.tier in a.tiers,
+            a.nps_at_most is None or (nps is not None and nps <= a.nps_at_most),
+            a.nps_at_least is None or (nps is not None and nps >= a.nps_at_least),
         ]
         if all(checks):
             out.add(s.id)
@@ -131,6 +160,21 @@ def load(engine: Engine, shop: list[Shopper]) -> None:
         for s in shop
         for n, (kind, when, amount) in enumerate(s.events)
     ]
+    events += [
+        {
+            "customer_id": s.id,
+            "kind": "nps",
+            "occurred_at": when,
+            "score": score,
+            "attributes": {},
+            "external_id": f"{s.id}-nps{n}",
+        }
+        for s in shop
+        for n, (when, score) in enumerate(s.answers)
+    ]
+    for e in events:
+        e.setdefault("amount", None)
+        e.setdefault("score", None)
     with engine.begin() as conn:
         conn.execute(insert(Customer), customers)
         conn.execute(insert(Interaction), events)
@@ -152,6 +196,11 @@ AUDIENCES: list[dict[str, Any]] = [
     {"active_within": "120d", "min_lifetime_value": "0"},
     {"quiet_for": "30d", "active_within": "365d", "max_orders": 0},
     {"quiet_for": "10d", "active_within": "100d", "min_orders": 1, "max_orders": 2},
+    {"nps_at_most": 6},  # detractors, within the default 180 days
+    {"nps_at_least": 9, "nps_within": "400d"},  # promoters
+    {"nps_at_least": 7, "nps_at_most": 8, "nps_within": "30d"},  # passives, recently
+    {"quiet_for": "30d", "nps_at_most": 6, "nps_within": "365d"},
+    {"nps_at_least": 0, "nps_within": "180d"},  # anyone who answered
 ]
 CONFIGS = {
     "default": Config(),
@@ -163,6 +212,7 @@ CONFIGS = {
 @pytest.fixture
 def shop(engine: Engine) -> list[Shopper]:
     world = make_shop(random.Random(20261201))
+    add_answers(world, random.Random(16))
     load(engine, world)
     return world
 
@@ -198,7 +248,7 @@ def test_recipient_facts_match_the_definitions(engine: Engine, shop: list[Shoppe
     assert set(got) == {s.id for s in existing}
     for s in existing:
         r = got[s.id]
-        seen = [(k, t, amt) for k, t, amt in s.events if t <= AS_OF]
+        seen = [(k, t, amt) for k, t, amt in s.activity if t <= AS_OF]
         orders = [amt for k, _, amt in seen if k == "order"]
         live = [(left, exp) for _, left, earned, exp in s.lots if earned <= AS_OF < exp and left > 0]
         assert r.created_at == s.created and r.created_at.tzinfo is not None

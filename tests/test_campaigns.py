@@ -187,7 +187,9 @@ def test_the_example_campaigns_in_the_repo_load(project: Project) -> None:
         shutil.rmtree(project.root / "templates")
         shutil.copytree(ROOT / "templates", project.root / "templates")
     campaigns = {c.name: c for c in load_campaigns(project.config)}
-    assert sorted(campaigns) == ["points-expiring", "vip-thanks", "winback-30d"]
+    assert sorted(campaigns) == [
+        "detractor-recovery", "points-expiring", "vip-thanks", "winback-30d"
+    ]
 
     winback = campaigns["winback-30d"]
     assert winback.audience.quiet_for == timedelta(days=30)
@@ -207,6 +209,12 @@ def test_the_example_campaigns_in_the_repo_load(project: Project) -> None:
     assert vip.audience.last_order_within == timedelta(days=30)
     assert vip.channels == ["email"] and vip.template == "vip-thanks"
     assert vip.reentry == "once" and vip.priority == 30
+
+    detractors = campaigns["detractor-recovery"]
+    assert detractors.audience.nps_at_most == 6 and detractors.audience.nps_at_least is None
+    assert detractors.audience.nps_within == timedelta(days=90)
+    assert detractors.channels == ["sms", "email"] and detractors.template == "detractor-recovery"
+    assert detractors.holdout == pytest.approx(0.2) and detractors.reentry == timedelta(days=90)
 
 
 def test_the_json_schema_has_no_path() -> None:
@@ -279,7 +287,8 @@ def test_the_json_schema_has_no_path() -> None:
             "template: winback",
             "template: winbak",
             "campaigns/winback.yaml:8:11: template: unknown template 'winbak': no folder "
-            "templates/winbak (known: points-expiring, vip-thanks, winback)",
+            "templates/winbak "
+            "(known: detractor-recovery, points-expiring, vip-thanks, winback)",
         ),
         (
             "America/New_York",
@@ -420,6 +429,34 @@ def test_a_bad_file_name_explains_where_the_name_came_from(project: Project) -> 
             "campaigns/winback.yaml:6:23: audience.min_lifetime_value: "
             "expected an amount such as 250 or 99.90, got 'lots'",
         ),
+        (
+            "nps_at_most: 11",
+            "campaigns/winback.yaml:6:16: audience.nps_at_most: "
+            "Input should be less than or equal to 10",
+        ),
+        (
+            "nps_at_least: -1",
+            "campaigns/winback.yaml:6:17: audience.nps_at_least: "
+            "Input should be greater than or equal to 0",
+        ),
+        (
+            "nps_at_most: low",
+            "campaigns/winback.yaml:6:16: audience.nps_at_most: Input should be a valid integer",
+        ),
+        (
+            "nps_at_most: 6\n  nps_at_least: 9",
+            "campaigns/winback.yaml:7:17: audience.nps_at_least: "
+            "must be at most nps_at_most (6), or nobody can match",
+        ),
+        (
+            "nps_within: 90d",
+            "campaigns/winback.yaml:6:15: audience.nps_within: "
+            "only valid together with nps_at_most or nps_at_least",
+        ),
+        (
+            "nps_at_most: 6\n  nps_within: 0d",
+            "campaigns/winback.yaml:7:15: audience.nps_within: must be a positive duration",
+        ),
     ],
 )
 def test_cross_field_rules_point_at_the_later_field(
@@ -478,7 +515,7 @@ def test_every_error_of_every_file_at_once(project: Project) -> None:
         "campaigns/z.yaml:3:9: schedule.cron: bad cron '0 10 * * 9': "
         "day-of-week: 9 is out of range 0-7",
         "campaigns/z.yaml:8:11: template: unknown template 'nope': no folder templates/nope "
-        "(known: points-expiring, vip-thanks, winback)",
+        "(known: detractor-recovery, points-expiring, vip-thanks, winback)",
         "campaigns/z.yaml:9:1: extra: unknown key",
     ]
     with pytest.raises(ValidationFailed) as info:

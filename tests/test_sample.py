@@ -150,7 +150,14 @@ def test_interactions_fall_between_sign_up_and_now(engine: Engine, sample: Sampl
         assert (i.amount is not None) == (i.kind == "order")
         if i.amount is not None:
             assert i.amount > 0 and i.amount == i.amount.quantize(Decimal("0.01"))
-    assert set(kinds) == {"visit", "order", "email_open", "email_click", "support", "sms_reply"}
+        assert (i.score is not None) == (i.kind == "nps")  # survey answers carry a score
+        if i.score is not None:
+            assert 0 <= i.score <= 10
+    assert set(kinds) == {
+        "visit", "order", "email_open", "email_click", "support", "sms_reply", "nps"
+    }
+    scores = [i.score for i in rows if i.score is not None]
+    assert min(scores) <= 6 and max(scores) >= 9  # detractors and promoters both answer
     assert max(kinds, key=kinds.__getitem__) == "visit"
     assert len({i.external_id for i in rows}) == len(rows)
 
@@ -254,3 +261,25 @@ def test_sqlite_instants_are_stored_as_sqlalchemy_would(tmp_path: Path) -> None:
         typed = conn.execute(select(Customer.created_at).order_by(Customer.id)).scalars().all()
     assert raw == [process(value) for value in typed]
     eng.dispose()
+
+
+def test_responses_follow_the_sends_and_favour_recipients() -> None:
+    from engage.ingest.sample import RESPONSE_RATES, responses
+
+    sent = NOW - timedelta(days=10)
+    members = [("c", f"r{k}", sent, False) for k in range(2000)]
+    members += [("c", f"h{k}", sent, True) for k in range(2000)]
+    window = timedelta(days=7)
+    rows = responses(members, now=NOW, window=window, seed=3)
+    assert rows == responses(members, now=NOW, window=window, seed=3)  # reproducible
+    assert len({r["external_id"] for r in rows}) == len(rows)
+    for r in rows:
+        at = datetime.fromisoformat(r["occurred_at"])
+        assert sent <= at < sent + window and r["kind"] == "order" and Decimal(r["amount"]) > 0
+    recipients = sum(r["customer_id"].startswith("r") for r in rows) / 2000
+    holdout = sum(r["customer_id"].startswith("h") for r in rows) / 2000
+    assert abs(recipients - RESPONSE_RATES[False]) < 0.03
+    assert abs(holdout - RESPONSE_RATES[True]) < 0.03
+    # a send whose window is still open only gets orders until now
+    late = responses([("c", "x", NOW - timedelta(hours=1), False)] * 50, now=NOW, window=window)
+    assert all(datetime.fromisoformat(r["occurred_at"]) <= NOW for r in late)

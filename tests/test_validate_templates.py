@@ -20,7 +20,7 @@ def _project(tmp_path: Path) -> Path:
 def test_shipped_project_validates(tmp_path: Path) -> None:
     report = validate_path(_project(tmp_path))
     assert report.ok, [str(p) for p in report.problems]
-    assert report.campaigns == 3
+    assert report.campaigns == 4
 
 
 def test_python_internals_and_file_reads_are_rejected(tmp_path: Path) -> None:

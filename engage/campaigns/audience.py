@@ -32,6 +32,7 @@ from ..customers.facts import (
     DEFAULT_EXPIRING_WINDOW,
     at_instant,
     engagement_filter,
+    latest_answers,
     lifetime_value_of,
     order_count_of,
     orders_where,
@@ -166,7 +167,27 @@ def conditions(audience: Any, config: Config, as_of: datetime) -> list[ColumnEle
         out.append(c.tier.in_(audience.tiers))
     if audience.where:
         out.extend(_where_attributes(audience.where))
+    if audience.nps_at_most is not None or audience.nps_at_least is not None:
+        out.append(_nps_answer(audience, as_of))
     return out
+
+
+DEFAULT_NPS_WITHIN = timedelta(days=180)
+
+
+def _nps_answer(audience: Any, as_of: datetime) -> ColumnElement[bool]:
+    """The customer's latest survey answer in ``[as_of - nps_within, as_of]``
+    scores within ``nps_at_least``..``nps_at_most``: a semi-join from the
+    window's answers (a range of the (kind, occurred_at) index), ranked per
+    customer, so customers who never answered cost nothing."""
+    within = audience.nps_within or DEFAULT_NPS_WITHIN
+    latest = latest_answers(as_of - within, as_of, until_inclusive=True)
+    q = select(latest.c.customer_id)
+    if audience.nps_at_most is not None:
+        q = q.where(latest.c.score <= audience.nps_at_most)
+    if audience.nps_at_least is not None:
+        q = q.where(latest.c.score >= audience.nps_at_least)
+    return Customer.__table__.c.id.in_(q)
 
 
 def _requires_order(audience: Any) -> bool:

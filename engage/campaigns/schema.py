@@ -175,6 +175,10 @@ class Audience(_Strict):
     where: Where = None
     signed_up_within: PositiveDuration | None = None
     last_order_within: PositiveDuration | None = None
+    # Survey answers: the customer's latest NPS score (0-10) within nps_within.
+    nps_at_most: StrictInt | None = Field(None, ge=0, le=10)
+    nps_at_least: StrictInt | None = Field(None, ge=0, le=10)
+    nps_within: PositiveDuration | None = None  # default 180d (audience.DEFAULT_NPS_WITHIN)
 
     @field_validator("active_within")
     @classmethod
@@ -203,6 +207,22 @@ class Audience(_Strict):
         if maximum is not None and minimum is not None and maximum < minimum:
             raise ValueError(f"must be at least min_orders ({minimum})")
         return maximum
+
+    @field_validator("nps_at_least")
+    @classmethod
+    def _nps_range(cls, least: int | None, info: ValidationInfo) -> int | None:
+        most = info.data.get("nps_at_most")
+        if least is not None and most is not None and least > most:
+            raise ValueError(f"must be at most nps_at_most ({most}), or nobody can match")
+        return least
+
+    @field_validator("nps_within")
+    @classmethod
+    def _nps_condition(cls, within: timedelta | None, info: ValidationInfo) -> timedelta | None:
+        if within is not None and "nps_at_least" in info.data and "nps_at_most" in info.data:
+            if info.data["nps_at_most"] is None and info.data["nps_at_least"] is None:
+                raise ValueError("only valid together with nps_at_most or nps_at_least")
+        return within
 
     @field_validator("tiers")
     @classmethod

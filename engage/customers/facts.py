@@ -152,6 +152,45 @@ def lifetime_value_of(as_of: datetime) -> Any:
     )
 
 
+NPS_KIND = "nps"
+
+
+def latest_answers(since: datetime, until: datetime, *, until_inclusive: bool = False) -> Subquery:
+    """Each customer's latest survey answer (kind ``nps`` with a 0-10 score)
+    that occurred in ``[since, until)`` (``[since, until]`` when
+    ``until_inclusive``): ``customer_id``, ``score``. Answers at the same
+    instant are told apart by their id (the later row wins); a score outside
+    0-10, or none, is not an answer.
+
+    Read from the (kind, occurred_at) index: only the range's answers are ranked.
+    """
+    i = Interaction.__table__
+    upto = (
+        i.c.occurred_at <= at_instant(until)
+        if until_inclusive
+        else (i.c.occurred_at < at_instant(until))
+    )
+    rank = func.row_number().over(
+        partition_by=i.c.customer_id, order_by=(i.c.occurred_at.desc(), i.c.id.desc())
+    )
+    ranked = (
+        select(i.c.customer_id, i.c.score, rank.label("rank"))
+        .where(
+            i.c.kind == NPS_KIND,
+            i.c.occurred_at >= at_instant(since),
+            upto,
+            i.c.score >= 0,
+            i.c.score <= 10,
+        )
+        .subquery("answers")
+    )
+    return (
+        select(ranked.c.customer_id, ranked.c.score)
+        .where(ranked.c.rank == 1)
+        .subquery("latest_answers")
+    )
+
+
 def live_lots(as_of: datetime) -> ColumnElement[bool]:
     """Lots of the customer with points left, earned by and unexpired at ``as_of``."""
     c, p = Customer.__table__, PointsLot.__table__

@@ -131,7 +131,15 @@ class Interaction(Base):
     __table_args__ = (
         Index("ix_interaction_customer_occurred", "customer_id", "occurred_at"),
         Index("ix_interaction_customer_kind_occurred", "customer_id", "kind", "occurred_at"),
-        Index("ix_interaction_kind_occurred", "kind", "occurred_at"),
+        # Reports read a kind's time range (per customer, summing amounts) from
+        # this index alone.
+        Index(
+            "ix_interaction_kind_occurred_customer_amount",
+            "kind",
+            "occurred_at",
+            "customer_id",
+            "amount",
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
@@ -155,6 +163,7 @@ class PointsLot(Base):
     __table_args__ = (
         Index("ix_points_lot_customer_expires", "customer_id", "expires_at"),
         Index("ix_points_lot_expires", "expires_at"),
+        Index("ix_points_lot_earned_points", "earned_at", "points"),  # points earned, reports
     )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)

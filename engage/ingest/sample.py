@@ -29,7 +29,7 @@ from bisect import bisect
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -57,8 +57,11 @@ ORDER_SHARE = 0.17
 SOON_SHARE = 0.04  # customers given a lot expiring within 30 days of `now`
 REDEEMER_SHARE = 0.4
 
-KINDS = ("visit", "order", "email_open", "email_click", "support", "sms_reply")
-KIND_CUM = (0.52, 0.52 + ORDER_SHARE, 0.85, 0.92, 0.96, 1.0)
+KINDS = ("visit", "order", "email_open", "email_click", "support", "sms_reply", "nps")
+KIND_CUM = (0.50, 0.50 + ORDER_SHARE, 0.83, 0.90, 0.94, 0.98, 1.0)
+# Survey answers (kind nps, score 0-10): customers who went quiet answer more
+# critically, so detractor-recovery audiences and the report's NPS have both ends.
+NPS_SHARES = {False: (0.20, 0.30), True: (0.50, 0.25)}  # quiet -> (detractors, passives)
 TIERS = ("bronze", "silver", "gold", "platinum")
 TIER_CUM = (0.60, 0.85, 0.97, 1.0)
 TIER_ACTIVITY = {"bronze": 0.8, "silver": 1.2, "gold": 1.6, "platinum": 2.5}
@@ -207,7 +210,7 @@ EMAIL_RATE, EMAIL_OPT_IN, SMS_OPT_IN = 0.95, 0.84, 0.75  # opt-ins among reachab
 COLUMNS: dict[str, tuple[str, ...]] = {
     "customer": ("id", "email", "phone", "first_name", "last_name", "timezone", "locale", "tier",
                  "attributes", "email_opt_in", "sms_opt_in", "created_at", "updated_at"),
-    "interaction": ("id", "customer_id", "kind", "occurred_at", "amount", "attributes",
+    "interaction": ("id", "customer_id", "kind", "occurred_at", "amount", "score", "attributes",
                     "external_id", "created_at"),
     "points_lot": ("id", "customer_id", "points", "remaining", "earned_at", "expires_at",
                    "external_id"),
@@ -471,6 +474,59 @@ def _poisson(rng: random.Random, lam: float) -> int:
     return k
 
 
+# Customers who got a campaign's message order within its attribution window
+# more often than its holdout does: the lift `engage report` should find.
+RESPONSE_RATES = {False: 0.20, True: 0.08}  # held out -> chance of an order
+
+
+def responses(
+    members: Sequence[tuple[str, str, datetime, bool]],
+    *,
+    now: datetime,
+    window: timedelta,
+    seed: int = 42,
+) -> list[dict[str, Any]]:
+    """Orders that campaign messages led to, for sample shops that ran campaigns.
+
+    ``members``: ``(campaign, customer_id, planned send instant, held_out)``.
+    Each member orders within ``window`` after the send instant (and before
+    ``now``) with ``RESPONSE_RATES`` chance: recipients more often than the
+    holdout. Returns interaction rows (``import_rows`` shape) with external
+    ids that are stable for the same members and seed.
+    """
+    rng = random.Random(seed)
+    out: list[dict[str, Any]] = []
+    horizon = ensure_utc(now)
+    for campaign, customer_id, sent, held_out in members:
+        sent = ensure_utc(sent)
+        if rng.random() >= RESPONSE_RATES[held_out]:
+            continue
+        room = min(window, horizon - sent)
+        if room <= timedelta(0):
+            continue
+        at = sent + room * rng.random()
+        value = rng.lognormvariate(4.0, 0.6)
+        out.append({
+            "customer_id": customer_id,
+            "kind": "order",
+            "occurred_at": at.isoformat(),
+            "amount": f"{value:.2f}",
+            "external_id": f"response-{campaign}-{customer_id}-{int(sent.timestamp())}",
+        })
+    return out
+
+
+def _nps_score(rng: random.Random, quiet: bool) -> int:
+    """A 0-10 answer: detractor (0-6), passive (7-8) or promoter (9-10)."""
+    detractors, passives = NPS_SHARES[quiet]
+    u = rng.random()
+    if u < detractors:
+        return int(7 * u / detractors)
+    if u < detractors + passives:
+        return 7 + int(2 * (u - detractors) / passives)
+    return 9 + int(2 * (u - detractors - passives) / (1 - detractors - passives))
+
+
 _FOLDED: dict[str, str] = {}
 
 
@@ -563,7 +619,7 @@ class _Maker:
             kind = KINDS[min(bisect(KIND_CUM, rng.random()), len(KINDS) - 1)]
             if kind == "email_open" and not quiet and i == count - 1:
                 kind = "visit"  # active customers' last activity counts as engagement
-            amount = None
+            amount = score = None
             attrs: dict[str, Any] = {}
             if kind == "order":
                 value = rng.lognormvariate(4.0, 0.6)  # median ~55, mean ~66
@@ -576,9 +632,12 @@ class _Maker:
                 attrs = {"campaign": CAMPAIGNS[int(rng.random() * len(CAMPAIGNS))]}
             elif kind == "support":
                 attrs = {"topic": TOPICS[int(rng.random() * len(TOPICS))]}
+            elif kind == "nps":
+                score = _nps_score(rng, quiet)
+                attrs = {"survey": "post-purchase"}
             iid = self.next_interaction
             self.next_interaction += 1
-            out.append((iid, cid, kind, t, amount, attrs, f"i{iid:09d}", t))
+            out.append((iid, cid, kind, t, amount, score, attrs, f"i{iid:09d}", t))
         self.pending += count
         return lots
 
