@@ -262,7 +262,8 @@ def _login_page(
     ui: UI, request: Request, *, error: str | None = None, status: int = 200, user: str = ""
 ) -> Response:
     base = request.scope.get("root_path", "").rstrip("/")
-    token = new_token()
+    # One token per browser (kept while its cookie lives), so two open sign-in tabs both work.
+    token = ui.sessions.signer.unsign(request.cookies.get(LOGIN_CSRF_COOKIE, "")) or new_token()
     response = ui.render(
         request,
         "login.html",
