@@ -259,7 +259,13 @@ def _secure(request: Request) -> bool:
 
 
 def _login_page(
-    ui: UI, request: Request, *, error: str | None = None, status: int = 200, user: str = ""
+    ui: UI,
+    request: Request,
+    *,
+    error: str | None = None,
+    status: int = 200,
+    user: str = "",
+    next_: str | None = None,
 ) -> Response:
     base = request.scope.get("root_path", "").rstrip("/")
     # One token per browser (kept while its cookie lives), so two open sign-in tabs both work.
@@ -272,7 +278,7 @@ def _login_page(
         error=error,
         named=ui.users.named,
         user=user,
-        next=request.query_params.get("next", "/"),
+        next=next_ or request.query_params.get("next", "/"),
     )
     response.set_cookie(
         LOGIN_CSRF_COOKIE,
@@ -292,12 +298,16 @@ async def _login(ui: UI, request: Request) -> Response:
     expected = ui.sessions.signer.unsign(request.cookies.get(LOGIN_CSRF_COOKIE, ""))
     if not same_token(form.get("csrf"), expected):
         log.info("sign-in refused: bad CSRF token", extra={"event": "ui_login_csrf"})
-        return _login_page(ui, request, error="The form expired. Please try again.", status=403)
+        return _login_page(
+            ui, request, error="The form expired. Please try again.", status=403,
+            next_=form.get("next"),
+        )
     client = request.client.host if request.client else "?"
     if ui.throttle.blocked(client):
         log.warning("sign-in throttled", extra={"event": "ui_login_throttled"})
         return _login_page(
-            ui, request, error="Too many failed attempts. Wait a few minutes.", status=429
+            ui, request, error="Too many failed attempts. Wait a few minutes.", status=429,
+            next_=form.get("next"),
         )
     user = await run_in_threadpool(
         ui.users.check, form.get("user", ""), form.get("password", "")
@@ -307,7 +317,7 @@ async def _login(ui: UI, request: Request) -> Response:
         log.info("sign-in failed", extra={"event": "ui_login_failed"})
         return _login_page(
             ui, request, error="Wrong user name or password.", status=401,
-            user=form.get("user", ""),
+            user=form.get("user", ""), next_=form.get("next"),
         )
     ui.throttle.succeeded(client)
     _, cookie = ui.sessions.open(user)

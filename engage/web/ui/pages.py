@@ -219,7 +219,8 @@ class CampaignSource:
     """A campaign file: its text, the campaign if it loaded, and its problems."""
 
     name: str
-    path: str
+    path: str  # as problems show it (relative to the working directory)
+    shown: str  # relative to the project folder, for the heading
     text: str
     campaign: Campaign | None
     problems: list[Problem]
@@ -231,13 +232,20 @@ def _find_campaign(ui: UI, name: str) -> CampaignSource:
         if c.name == name:
             shown = display_path(c.path)
             problems = [p for p in loaded.problems if p.path == shown]
-            return CampaignSource(name, shown, _read(c.path), c, problems)
+            return CampaignSource(name, shown, _project(ui, c.path), _read(c.path), c, problems)
     for path in loaded.failed_files:  # a file that does not load: show it with its errors
         if path.stem == name:
             shown = display_path(path)
             problems = [p for p in loaded.problems if p.path == shown]
-            return CampaignSource(name, shown, _read(path), None, problems)
+            return CampaignSource(name, shown, _project(ui, path), _read(path), None, problems)
     raise HTTPException(404, f"no campaign named {name!r}")
+
+
+def _project(ui: UI, path: Any) -> str:
+    try:
+        return str(path.resolve().relative_to(ui.config.base_dir.resolve()))
+    except (ValueError, OSError):
+        return str(path)
 
 
 def _read(path: Any) -> str:
