@@ -11,6 +11,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from html import unescape
 from pathlib import Path
+from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
 import httpx
@@ -452,3 +453,46 @@ def test_report_page_draws_what_a_report_source_gives(shop: Path) -> None:
     assert "41.5%" in page and "52.10 USD" in page and "1,234.50 USD" in page
     assert "Retention rate over the period" in page and "<polyline" in page
     assert "come from <code>engage report</code>" not in page and "test source" in page
+
+
+# -- mounting into engage serve's app ------------------------------------------------------
+@pytest.mark.parametrize("prefix", ["", "/ui"])
+def test_mounted_in_a_parent_app_after_its_api_routes(shop: Path, prefix: str) -> None:
+    """What ``engage.web.create_app`` does: its own routes first, the interface last."""
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Mount, Route
+
+    config = shop_config(shop)
+    ui = create_ui(config, make_engine(config.db_url), clock=lambda: UI_NOW)
+    assert ui is not None
+
+    async def healthz(request: object) -> JSONResponse:
+        return JSONResponse({"ok": True})
+
+    app = Starlette(routes=[Route("/healthz", healthz), Mount(prefix or "/", app=ui)])
+    with LiveServer(app) as srv, httpx.Client(base_url=srv.url) as c:
+        assert c.get("/healthz").json() == {"ok": True}
+        assert "content-security-policy" not in c.get("/healthz").headers  # not the UI's
+        r = c.get(f"{prefix}/customers/c001")
+        assert r.status_code == 303
+        assert r.headers["location"] == f"{prefix}/login?" + urlencode(
+            {"next": f"{prefix}/customers/c001"}
+        )
+        login = c.get(f"{prefix}/login")
+        assert f'href="{prefix}/static/app.css"' in login.text
+        assert c.get(f"{prefix}/static/app.css").status_code == 200
+        token = login_form_token_at(c, prefix)
+        r = c.post(f"{prefix}/login", data={"csrf": token, "password": PASSWORD,
+                                            "next": f"{prefix}/customers/c001"})
+        assert r.status_code == 303 and r.headers["location"] == f"{prefix}/customers/c001"
+        page = c.get(f"{prefix}/customers/c001", headers={"Accept": "text/html"})
+        assert page.status_code == 200 and f'href="{prefix}/campaigns/early-bird' in page.text
+        assert 'aria-current="page">Customers' in page.text
+
+
+def login_form_token_at(client: httpx.Client, prefix: str) -> str:
+    page = client.get(f"{prefix}/login").text
+    found = re.search(r'name="csrf" value="([^"]+)"', page)
+    assert found
+    return found.group(1)

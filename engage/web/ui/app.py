@@ -13,7 +13,7 @@ import logging
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -32,7 +32,7 @@ from starlette.staticfiles import StaticFiles
 from ...config import Config, load_config
 from ...db.session import get_engine
 from ...errors import ConfigError, EngageError
-from ...timeutil import get_zone, utcnow
+from ...timeutil import utcnow
 from . import pages
 from .auth import (
     LOGIN_CSRF_COOKIE,
@@ -80,7 +80,7 @@ class UI:
         base = request.scope.get("root_path", "").rstrip("/")
         html = self.env.get_template(name).render(
             base=base,
-            path=request.url.path,
+            path=request.url.path[len(base):] or "/",
             session=session,
             shop=self.config.shop,
             config_zone=self.config.timezone,
@@ -153,8 +153,8 @@ def create_ui(
 
 
 def build_app(ui: UI) -> Starlette:
-    def page(handler: Callable[[UI, Request], Any], *, sync: bool = True) -> Handler:
-        """Require a session, then run the handler (in a thread: it queries)."""
+    def page(handler: Callable[[UI, Request], Response]) -> Handler:
+        """Require a session, then run the handler in a thread (it queries the database)."""
 
         async def endpoint(request: Request) -> Response:
             session = ui.sessions.read(request.cookies.get(SESSION_COOKIE))
@@ -165,10 +165,7 @@ def build_app(ui: UI) -> Starlette:
                     f"{base}/login?{urlencode({'next': target})}", status_code=303
                 )
             request.state.session = session
-            if sync:
-                result: Response = await run_in_threadpool(handler, ui, request)
-                return result
-            return await handler(ui, request)  # type: ignore[no-any-return]
+            return await run_in_threadpool(handler, ui, request)
 
         return endpoint
 
@@ -334,27 +331,3 @@ async def _login(ui: UI, request: Request) -> Response:
     )
     response.delete_cookie(LOGIN_CSRF_COOKIE, path=f"{base}/login")
     return response
-
-
-def parse_day(text: str | None, default: date) -> date:
-    if not text:
-        return default
-    try:
-        return date.fromisoformat(text.strip()[:10])
-    except ValueError:
-        raise HTTPException(400, f"not a date: {text!r} (use YYYY-MM-DD)") from None
-
-
-def parse_zone(text: str | None, default: str) -> tuple[str, Any]:
-    name = (text or default).strip()
-    try:
-        return name, get_zone(name)
-    except ValueError as exc:
-        raise HTTPException(400, str(exc)) from None
-
-
-def days_between(a: date, b: date) -> int:
-    return (b - a).days
-
-
-__all__ = ["UI", "create_ui", "build_app", "parse_day", "parse_zone", "timedelta"]

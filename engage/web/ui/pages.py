@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import phonenumbers
 from jinja2 import Environment
@@ -38,6 +39,7 @@ from ...timeutil import format_duration, get_zone, isoformat_z, parse_instant
 from . import charts
 from .calendar_view import fill as fill_calendar
 from .calendar_view import first_weekday, make_grid
+from .report import period
 from .security import PREVIEW_CSP
 
 if TYPE_CHECKING:
@@ -397,8 +399,6 @@ def customer_search(ui: UI, request: Request) -> Response:
     results = _search(ui, text) if text else []
     if len(results) == 1:
         base = request.scope.get("root_path", "").rstrip("/")
-        from urllib.parse import quote
-
         return RedirectResponse(f"{base}/customers/{quote(results[0].id, safe='')}", 303)
     return ui.render(request, "customers.html", q=text, results=results)
 
@@ -449,8 +449,6 @@ def report(ui: UI, request: Request) -> Response:
         raise HTTPException(400, "from must not be after to")
     if (last - first).days > 366 * 3:
         raise HTTPException(400, "choose a period of at most three years")
-    from .report import period
-
     start, end = period(first, last, zone)
     data = ui.report_source(ui.engine, ui.config, start, end, zone)
     daily = charts.columns(
