@@ -38,6 +38,8 @@ SECRET_VARS = (
     "ENGAGE_SECRET_KEY",
     "ENGAGE_API_TOKEN",
     "SENDGRID_WEBHOOK_PUBLIC_KEY",
+    "ENGAGE_UI_PASSWORD",  # the web interface's sign-in (docs/ui.md)
+    "ENGAGE_UI_USERS",
 )
 
 

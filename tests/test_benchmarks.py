@@ -18,7 +18,7 @@ from engage.db import make_engine
 from engage.db.models import CampaignRun, Message, Suppression
 
 GROUP_ROWS = {
-    "audience": 6, "planning": 1, "rendering": 1, "dispatch": 2, "memory": 1, "report": 10
+    "audience": 6, "planning": 1, "rendering": 1, "dispatch": 2, "memory": 1, "report": 10, "ui": 1
 }
 
 

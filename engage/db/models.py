@@ -226,6 +226,7 @@ class Message(Base):
         Index("ix_message_status_due", "status", "send_after"),
         Index("ix_message_customer_planned", "customer_id", "planned_at"),
         Index("ix_message_campaign_customer", "campaign", "customer_id"),
+        Index("ix_message_run_status", "run_id", "status"),  # what each occurrence did
     )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)

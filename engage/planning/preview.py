@@ -3,21 +3,22 @@ would-be message rendered, and the exact message one customer would get."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, exists, select
 
-from ..campaigns.audience import expiring_window
+from ..campaigns.audience import audience_ids, expiring_window
 from ..campaigns.schema import Campaign
 from ..config import Config
 from ..customers.recipients import load_recipients
+from ..db.models import Customer
 from ..errors import EngageError, NotFound
 from ..templating.renderer import RenderedEmail, RenderedSms, Renderer
 from . import suppressions
 from .planner import DryRun, Evaluated, dry_run, load_history
-from .policy import CampaignRules, decide
+from .policy import CampaignRules, Decision, decide
 
 
 def render_check(
@@ -100,4 +101,49 @@ def preview_message(
         out.email = renderer.render_email(campaign.template, campaign, recipient, at)
     else:
         out.sms = renderer.render_sms(campaign.template, campaign, recipient, at)
+    return out
+
+
+@dataclass(frozen=True)
+class CustomerDecision:
+    """What one campaign would decide for one customer: ``decision`` is None
+    when the customer is not in the campaign's audience at that instant."""
+
+    campaign: str
+    in_audience: bool
+    decision: Decision | None
+
+
+def decide_for_customer(
+    engine: Engine,
+    config: Config,
+    campaigns: Sequence[Campaign],
+    customer_id: str,
+    at: datetime,
+) -> list[CustomerDecision]:
+    """Each campaign's decision for ``customer_id`` if it ran at ``at``, and why.
+
+    The audience is the campaign's own SQL narrowed to this customer, then the
+    rules of SPEC §5 apply exactly as when planning (suppressions, reentry,
+    holdout, frequency cap). Writes nothing.
+    """
+    out = []
+    customer = Customer.__table__.c
+    with engine.connect() as conn:
+        for campaign in campaigns:
+            member = audience_ids(campaign.audience, config, at).where(customer.id == customer_id)
+            if not conn.execute(select(exists(member))).scalar():
+                out.append(CustomerDecision(campaign.name, False, None))
+                continue
+            recipient = load_recipients(
+                conn, config, [customer_id], at, expiring_within=expiring_window(campaign.audience)
+            )[customer_id]
+            rules = CampaignRules.of(campaign)
+            supp = suppressions.load_for(conn, [recipient])
+            history = load_history(conn, [recipient], rules, config, at, None)[customer_id]
+            out.append(
+                CustomerDecision(
+                    campaign.name, True, decide(recipient, rules, config, at, supp, history)
+                )
+            )
     return out
