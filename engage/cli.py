@@ -575,6 +575,19 @@ def demo_cmd(
         f"explore: engage --config {directory / 'config.yaml'} "
         "calendar | outbox | customer c0000001"
     )
+    out.print(
+        "close the loop: start the HTTP side (unsubscribe links, webhooks) with\n"
+        f"  env $(cat {directory / '.env'}) engage --config {directory / 'config.yaml'} serve",
+        markup=False,
+    )
+    if demo.unsubscribe_link:
+        eml = demo.unsubscribe_file
+        shown = directory / eml.relative_to(demo.folder) if eml else "an email"
+        out.print(
+            f"then open the unsubscribe link of {shown} in a browser:\n"
+            f"  {demo.unsubscribe_link}",
+            markup=False,
+        )
 
 
 @app.command("run")
