@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -106,7 +107,14 @@ def serve(
         "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN,
     }
     if workers == 1:
-        uvicorn.run(app, **options)
+        # After a graceful shutdown uvicorn raises the signal again for the
+        # handler it found: a no-op one makes SIGTERM/SIGINT exit 0, as `engage run` does.
+        previous = {sig: signal.signal(sig, _ignore) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            uvicorn.run(app, **options)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
         return
     if config_path is not None:
         os.environ["ENGAGE_CONFIG"] = str(config_path.resolve())
@@ -115,7 +123,12 @@ def serve(
         made = os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="engage-metrics-")
     # The parent's app only checked the configuration: it does not serve.
     logging.getLogger("engage.web").info(
-        "starting workers", extra={"event": "serve_workers", "workers": workers}
+        "starting workers",
+        extra={
+            "event": "serve_workers",
+            "workers": workers,
+            "metrics_dir": os.environ[MULTIPROC_ENV],
+        },
     )
     for line in _describe(app):
         logging.getLogger("engage.web").info(line, extra={"event": "serve_endpoints"})
@@ -125,6 +138,10 @@ def serve(
         if made is not None:
             shutil.rmtree(made, ignore_errors=True)
             os.environ.pop(MULTIPROC_ENV, None)
+
+
+def _ignore(signum: int, frame: object) -> None:
+    pass
 
 
 def _describe(app: Starlette) -> list[str]:
