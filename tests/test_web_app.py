@@ -116,3 +116,21 @@ def test_sendgrid_key_may_be_pasted_as_pem(tmp_path: Path) -> None:
     engine = web_engine(config.db_url)
     assert build_context(config, engine).enabled["sendgrid"]
     engine.dispose()
+
+
+def test_a_bug_is_a_json_500(
+    tmp_path: Path, db_url: str, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engage.unsubscribe import make_token
+    from engage.web import feedback
+
+    from .helpers import SECRET
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(feedback, "look_up", broken)
+    config = make_config(tmp_path, database_url=db_url)
+    with serving(create_app(config)) as url:
+        r = httpx.get(f"{url}/u/{make_token(SECRET, 'ann', 'email', 'x')}")
+    assert r.status_code == 500 and r.json()["error"] == "internal_error"

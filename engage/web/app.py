@@ -28,7 +28,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -36,7 +36,7 @@ from ..config import Config, load_config
 from ..timeutil import utcnow
 from .context import GROUPS, WebContext, build_context, describe, web_engine
 from .feedback import prune
-from .http import Problem, blocking, log, problem_response, route_of
+from .http import Problem, log, problem_response, route_of
 from .routes import health, ingest, sendgrid, twilio, unsubscribe
 
 # (group name or None for always on, module)
@@ -178,7 +178,20 @@ def _exception_handlers() -> dict[Any, Handler]:
             request, Problem(503, "database_unavailable", "the database is not available")
         )
 
-    return {Problem: problem, HTTPException: http_error, DBAPIError: database_down}
+    async def bug(request: Request, exc: Exception) -> Response:
+        # Starlette's ServerErrorMiddleware answers with this, then re-raises
+        # for uvicorn to log the traceback.
+        return JSONResponse(
+            {"error": "internal_error", "message": "an unexpected error; it has been logged"},
+            status_code=500,
+        )
+
+    return {
+        Problem: problem,
+        HTTPException: http_error,
+        DBAPIError: database_down,
+        Exception: bug,
+    }
 
 
 async def _prune_forever(ctx: WebContext) -> None:
@@ -189,7 +202,7 @@ async def _prune_forever(ctx: WebContext) -> None:
         await asyncio.sleep(pause)
         pause = PRUNE_EVERY
         try:
-            removed = await blocking(prune, ctx.engine, utcnow() - retention)
+            removed = await ctx.run(prune, ctx.engine, utcnow() - retention)
         except DBAPIError as exc:
             log.warning(
                 "pruning webhook events failed",

@@ -8,10 +8,15 @@ token too short to be safe) is a ``ConfigError``: the server does not start.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
+import anyio.to_thread
+from anyio import CapacityLimiter
 from sqlalchemy import Engine, event
 
 from ..config import Config
@@ -23,6 +28,11 @@ from .metrics import Metrics
 log = logging.getLogger("engage.web")
 
 MIN_API_TOKEN = 16
+# Database work runs in threads, at most this many at once per process: the
+# pool holds as many connections, so a burst queues on the event loop
+# instead of timing out waiting for a connection.
+DB_CONCURRENCY = 15
+T = TypeVar("T")
 _PEM_LINES = re.compile(r"-----(BEGIN|END) PUBLIC KEY-----|\s+")
 
 
@@ -61,6 +71,13 @@ class WebContext:
     twilio_token: str | None = None
     api_token: bytes | None = None
     enabled: dict[str, bool] = field(default_factory=dict)
+    _limiter: CapacityLimiter | None = None
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` (blocking database work) in a worker thread."""
+        if self._limiter is None:  # made inside the event loop that uses it
+            self._limiter = CapacityLimiter(DB_CONCURRENCY)
+        return await anyio.to_thread.run_sync(functools.partial(fn, *args), limiter=self._limiter)
 
     def disabled_reason(self, group: str) -> str:
         g = next(g for g in GROUPS if g.name == group)
@@ -129,7 +146,10 @@ def web_engine(url: str) -> Engine:
     ``IMMEDIATE``: requests read then write, and a deferred transaction whose
     snapshot went stale while another process wrote fails at once with
     "database is locked" instead of waiting its turn."""
-    engine = make_engine(url)
+    if url.startswith(("postgres://", "postgresql")):
+        engine = make_engine(url, pool_size=10, max_overflow=DB_CONCURRENCY - 10)
+    else:
+        engine = make_engine(url)
     if engine.dialect.name == "sqlite":
 
         @event.listens_for(engine, "connect")

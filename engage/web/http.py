@@ -12,16 +12,11 @@ status and the code. No body, header value, address or secret is logged.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import Any, TypeVar
 
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 log = logging.getLogger("engage.web")
-
-T = TypeVar("T")
 
 
 class Problem(Exception):
@@ -108,8 +103,3 @@ def _too_large(limit: int) -> Problem:
 def prefers_html(request: Request) -> bool:
     """A browser (``Accept: text/html``) rather than a mail client or a script."""
     return "text/html" in request.headers.get("accept", "")
-
-
-async def blocking(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Run synchronous (database) work in the thread pool."""
-    return await run_in_threadpool(fn, *args, **kwargs)

@@ -9,7 +9,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from ..context import WebContext
-from ..http import blocking, log_rejected
+from ..http import log_rejected
 from ..metrics import CONTENT_TYPE
 
 
@@ -20,14 +20,14 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
 
     async def healthz(request: Request) -> Response:
         try:
-            await blocking(ping)
+            await ctx.run(ping)
         except DBAPIError:
             log_rejected(request, 503, "database_unavailable")
             return JSONResponse({"status": "error", "database": "unreachable"}, status_code=503)
         return JSONResponse({"status": "ok", "database": "ok"})
 
     async def metrics(request: Request) -> Response:
-        body = await blocking(ctx.metrics.exposition)
+        body = await ctx.run(ctx.metrics.exposition)
         return Response(body, media_type=CONTENT_TYPE)
 
     return [

@@ -26,7 +26,7 @@ from ...errors import EngageError
 from ...ingest import import_rows
 from ...timeutil import utcnow
 from ..context import WebContext
-from ..http import Problem, blocking, read_body, require_media_type
+from ..http import Problem, read_body, require_media_type
 
 MAX_ITEMS = 1000
 MAX_BODY = 1_000_000
@@ -93,7 +93,7 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
                     f"at most {MAX_ITEMS:,} items per request, got {len(items):,}",
                 )
             try:
-                summary = await blocking(run, kind, items)
+                summary = await ctx.run(run, kind, items)
             except EngageError as exc:
                 raise Problem(503, "database_error", str(exc)) from None
             ctx.metrics.count_ingest(

@@ -33,7 +33,7 @@ from .. import feedback
 from ..context import WebContext
 from ..feedback.email import HANDLED
 from ..feedback.ledger import DEFERRED, INVALID, Outcomes
-from ..http import Problem, blocking, read_body, require_media_type
+from ..http import Problem, read_body, require_media_type
 
 SIGNATURE = "X-Twilio-Email-Event-Webhook-Signature"
 TIMESTAMP = "X-Twilio-Email-Event-Webhook-Timestamp"
@@ -57,9 +57,7 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
             return False
 
     async def apply(events: list[feedback.EmailEvent], now: datetime) -> feedback.Applied:
-        return await blocking(
-            feedback.transaction, ctx.engine, feedback.apply_sendgrid, events, now
-        )
+        return await ctx.run(feedback.transaction, ctx.engine, feedback.apply_sendgrid, events, now)
 
     async def webhook(request: Request) -> Response:
         require_media_type(request, "application/json")

@@ -26,7 +26,7 @@ from ...timeutil import utcnow
 from .. import feedback
 from ..context import WebContext
 from ..feedback.ledger import UNKNOWN
-from ..http import Problem, blocking, log, read_body, require_media_type
+from ..http import Problem, log, read_body, require_media_type
 
 SIGNATURE = "X-Twilio-Signature"
 MAX_BODY = 64_000
@@ -98,7 +98,7 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
 
         async def apply() -> feedback.sms.StatusResult:
             now = utcnow()
-            return await blocking(
+            return await ctx.run(
                 feedback.transaction,
                 ctx.engine,
                 feedback.apply_twilio_status,
@@ -124,7 +124,7 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
         extra = {}
         if params.get("NumMedia", "0") not in ("", "0"):
             extra["num_media"] = params["NumMedia"]
-        kind, outcome = await blocking(
+        kind, outcome = await ctx.run(
             feedback.transaction,
             ctx.engine,
             feedback.apply_twilio_inbound,

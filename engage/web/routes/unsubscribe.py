@@ -25,7 +25,7 @@ from ...timeutil import utcnow
 from ...unsubscribe import InvalidToken, UnsubscribeClaim, read_token
 from .. import feedback
 from ..context import WebContext
-from ..http import Problem, blocking, log_rejected, media_type, prefers_html, read_body
+from ..http import Problem, log_rejected, media_type, prefers_html, read_body
 from ..pages import error_page, subscription_page
 
 MAX_BODY = 16_000  # a one-click body is 26 bytes; the page's forms, a few more
@@ -62,7 +62,7 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
     async def show(request: Request) -> Response:
         try:
             claim = claim_of(request)
-            sub = await blocking(feedback.look_up, ctx.engine, claim)
+            sub = await ctx.run(feedback.look_up, ctx.engine, claim)
         except InvalidToken:
             return refuse(request, 400, "invalid_token", BAD_LINK)
         except NotFound:
@@ -85,9 +85,9 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
         now = utcnow()
         try:
             if resubscribe:
-                sub = await blocking(feedback.resubscribe, ctx.engine, claim, now)
+                sub = await ctx.run(feedback.resubscribe, ctx.engine, claim, now)
             else:
-                sub = await blocking(feedback.unsubscribe, ctx.engine, claim, now)
+                sub = await ctx.run(feedback.unsubscribe, ctx.engine, claim, now)
         except NotFound:
             return refuse(request, 404, "unknown_recipient", GONE)
         if sub.changed:
