@@ -304,3 +304,9 @@ def test_ingest_metrics(client: httpx.Client) -> None:
     text = client.get("/metrics").text
     assert 'engage_ingest_items_total{kind="customers",outcome="inserted"} 1.0' in text
     assert 'engage_ingest_items_total{kind="customers",outcome="rejected"} 1.0' in text
+
+
+def test_deeply_nested_json_is_a_400(client: httpx.Client) -> None:
+    body = b"[" * 100_000 + b"]" * 100_000
+    r = client.post("/v1/customers", content=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"] == "invalid_json"

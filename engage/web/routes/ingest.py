@@ -82,7 +82,7 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
             body = await read_body(request, MAX_BODY)
             try:
                 items = json.loads(body)
-            except (ValueError, UnicodeDecodeError):
+            except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
                 raise Problem(400, "invalid_json", "the body is not JSON") from None
             if not isinstance(items, list):
                 raise Problem(400, "invalid_json", "the body must be a JSON array of objects")

@@ -77,7 +77,7 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
             raise Problem(403, "invalid_signature", "the signature does not verify")
         try:
             data = json.loads(payload)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise Problem(400, "invalid_json", "the body is not JSON") from None
         if not isinstance(data, list):
             raise Problem(400, "invalid_json", "the body must be a JSON array of events")

@@ -25,7 +25,7 @@ from ...timeutil import utcnow
 from ...unsubscribe import InvalidToken, UnsubscribeClaim, read_token
 from .. import feedback
 from ..context import WebContext
-from ..http import Problem, log_rejected, media_type, prefers_html, read_body
+from ..http import Problem, log, log_rejected, media_type, prefers_html, read_body
 from ..pages import error_page, subscription_page
 
 MAX_BODY = 16_000  # a one-click body is 26 bytes; the page's forms, a few more
@@ -101,8 +101,6 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
 
 
 def log_change(request: Request, claim: UnsubscribeClaim, what: str) -> None:
-    from ..http import log
-
     log.info(
         what,
         extra={
