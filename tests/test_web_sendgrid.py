@@ -266,19 +266,33 @@ def test_events_for_a_message_still_sending_wait_for_the_provider_retry(
     m = outbox(engine, 2)
     with engine.begin() as conn:
         conn.execute(update(Message).where(Message.id == m[1]).values(status="sending"))
-    batch = [event("delivered", m[0], 1), event("delivered", m[1], 2)]
+    # processed and open need no recorded send: only the state change waits
+    batch = [event("delivered", m[0], 1), event("delivered", m[1], 2),
+             event("processed", m[1], 3), event("open", m[1], 4)]
     r = signer.post(client, batch)
     assert r.status_code == 503 and r.headers["retry-after"] == "60"
-    assert r.json() == {"received": 2, "applied": 1, "deferred": 1}
+    assert r.json() == {"received": 4, "applied": 2, "ignored": 1, "deferred": 1}
     s = snapshot(engine)
     assert [st for _, st, _ in s["messages"]] == ["delivered", "sending"]
-    assert s["events"] == ["evt-delivered-1"]  # the deferred one is not recorded as seen
+    # the deferred one is not recorded as seen
+    assert s["events"] == ["evt-delivered-1", "evt-open-4", "evt-processed-3"]
     # dispatch records the send; SendGrid retries the batch
     with engine.begin() as conn:
         conn.execute(update(Message).where(Message.id == m[1]).values(status="sent"))
     r = signer.post(client, batch)
-    assert r.status_code == 200 and r.json() == {"received": 2, "applied": 1, "duplicate": 1}
+    assert r.status_code == 200 and r.json() == {"received": 4, "applied": 1, "duplicate": 3}
     assert [st for _, st, _ in snapshot(engine)["messages"]] == ["delivered", "delivered"]
+
+
+def test_processed_settles_a_send_whose_outcome_was_lost(
+    client: httpx.Client, engine: Engine, signer: SendGridSigner
+) -> None:
+    m = outbox(engine, 2)
+    with engine.begin() as conn:
+        conn.execute(update(Message).where(Message.id == m[0]).values(status="unknown"))
+    r = signer.post(client, [event("processed", m[0], 1), event("processed", m[1], 2)])
+    assert r.json() == {"received": 2, "applied": 1, "ignored": 1}
+    assert [st for _, st, _ in snapshot(engine)["messages"]] == ["sent", "sent"]
 
 
 def test_metrics_count_events_by_kind_and_outcome(

@@ -4,6 +4,7 @@ interactions (SPEC §8, docs/http.md).
 =====================  ====================================================
 SendGrid event         engage
 =====================  ====================================================
+processed              an ``unknown`` message (the send timed out) is ``sent``
 delivered              message ``delivered`` (from ``sent``/``unknown``)
 bounce                 message ``bounced``; suppress ``invalid_address``
 bounce, type blocked   recorded only (a soft, temporary refusal)
@@ -12,7 +13,7 @@ dropped                message ``failed``; a drop because SendGrid already
 spamreport             suppress ``spam_report``; clear ``email_opt_in``
 (group_)unsubscribe    suppress ``unsubscribe``; clear ``email_opt_in``
 open, click            ``email_open`` / ``email_click`` interaction
-anything else          recorded as seen (``processed``, ``deferred``, ...)
+anything else          recorded as seen (``deferred``, ``group_resubscribe``, ...)
 =====================  ====================================================
 
 Events are matched to outbox rows by ``engage_message_id``, the custom
@@ -59,6 +60,8 @@ M = cast(Table, Message.__table__)
 
 # state event -> (target, states it may come from), in the order they apply
 _MOVES: dict[str, tuple[State, tuple[State, ...]]] = {
+    # SendGrid accepted it: settles a send whose outcome was lost (``unknown``)
+    "processed": (State.SENT, (State.UNKNOWN,)),
     "delivered": (State.DELIVERED, (State.SENT, State.UNKNOWN)),
     "bounce": (State.BOUNCED, (State.SENT, State.UNKNOWN, State.DELIVERED)),
     "dropped": (State.FAILED, (State.SENT, State.UNKNOWN)),
@@ -78,6 +81,7 @@ _DROP_REASONS = {
     "spam reporting address": "spam_report",
 }
 _TEXT = 300  # characters of a provider's reason kept in message.error
+_ERROR_STATES = (State.BOUNCED, State.FAILED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,9 +218,12 @@ def apply_sendgrid(conn: Connection, events: Sequence[EmailEvent], now: datetime
             outcomes[e.kind, UNKNOWN] += 1
         elif e.kind not in HANDLED or (e.kind == "bounce" and e.bounce_type == "blocked"):
             outcomes[e.kind, IGNORED] += 1
-        elif m.status == State.SENDING:
-            outcomes[e.kind, DEFERRED] += 1
-            deferred.append(e)
+        elif e.kind in _MOVES and m.status == State.SENDING:
+            if e.kind == "processed":  # it only settles unknown sends: nothing to wait for
+                outcomes[e.kind, IGNORED] += 1
+            else:  # its state change waits until the send is recorded
+                outcomes[e.kind, DEFERRED] += 1
+                deferred.append(e)
         elif e.kind in _MOVES:
             state_events.append((e, m))
             reason = "invalid_address" if e.kind == "bounce" else _drop_reason(e)
@@ -284,8 +291,10 @@ def _move_states(
         target, sources = _MOVES[e.kind]
         if status[m.id] in sources:
             status[m.id] = target
-            final[m.id] = (target, "" if target == State.DELIVERED else _error(e))
+            final[m.id] = (target, _error(e) if target in _ERROR_STATES else "")
             outcomes[e.kind, APPLIED] += 1
+        elif e.kind == "processed":  # the usual case: the message is already sent
+            outcomes[e.kind, IGNORED] += 1
         else:  # past it; a bounce (or a mirrored drop) still added its suppression
             side_effect = e.kind == "bounce" or _drop_reason(e) is not None
             outcomes[e.kind, APPLIED if side_effect else STALE] += 1
