@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import and_, delete, select, text, update
+from sqlalchemy import delete, or_, select, text, update
 
 from engage.db import upgrade
 from engage.db.bulk import insert_ignore
@@ -475,15 +475,16 @@ def _cleanup(ctx: Context) -> None:
             )
         conn.execute(delete(s).where(s.c.campaign == CAMPAIGN))
         conn.execute(delete(w).where(w.c.event_id.startswith(EVENT_PREFIX)))
-        conn.execute(
+        # (a sequential scan of the interactions: LIKE uses no index in most collations)
+        deleted = conn.execute(
             delete(i).where(
-                and_(
-                    i.c.external_id.startswith(f"sendgrid:{EVENT_PREFIX}")
-                    | i.c.external_id.startswith(f"{EVENT_PREFIX}order-")
+                or_(
+                    i.c.external_id.startswith(f"sendgrid:{EVENT_PREFIX}"),
+                    i.c.external_id.startswith(f"{EVENT_PREFIX}order-"),
                 )
             )
-        )
-        conn.execute(delete(m).where(m.c.campaign == CAMPAIGN))
-    if ctx.engine.dialect.name == "postgresql":
+        ).rowcount
+        deleted += conn.execute(delete(m).where(m.c.campaign == CAMPAIGN)).rowcount
+    if ctx.engine.dialect.name == "postgresql" and deleted:
         with ctx.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.execute(text("VACUUM (ANALYZE) message, interaction, webhook_event, suppression"))

@@ -86,23 +86,38 @@ _ERROR_STATES = (State.BOUNCED, State.FAILED)
 
 @dataclass(frozen=True, slots=True)
 class EmailEvent:
-    """One SendGrid event, reduced to what engage reads."""
+    """One SendGrid event, reduced to what engage reads (the address and the
+    details only for the kinds that use them)."""
 
     event_id: str
     kind: str
     message_id: int | None
-    email: str | None
-    occurred_at: datetime
+    timestamp: float | None  # SendGrid's Unix time
+    email: str | None = None  # for suppressions
     bounce_type: str | None = None  # "bounce" (hard) or "blocked" (soft)
     reason: str | None = None  # bounce / drop reason
     status: str | None = None  # bounce SMTP status, e.g. 5.1.1
     url: str | None = None  # click
 
+    def occurred_at(self, now: datetime) -> datetime:
+        if self.timestamp is not None:
+            try:
+                return datetime.fromtimestamp(self.timestamp, UTC)
+            except (OverflowError, OSError, ValueError):
+                pass
+        return now
+
+
+_ADDRESSED = frozenset({"bounce", "dropped", "spamreport", "unsubscribe", "group_unsubscribe"})
+_DETAILED = frozenset({"bounce", "dropped"})
+
 
 def _text(value: Any, limit: int) -> str | None:
-    if value is None or isinstance(value, dict | list):
-        return None
-    text = str(value).strip()
+    if type(value) is not str:
+        if value is None or isinstance(value, dict | list):
+            return None
+        value = str(value)
+    text = value.strip()
     return text[:limit] or None
 
 
@@ -116,16 +131,13 @@ def _message_id(value: Any) -> int | None:
     return None
 
 
-def _instant(value: Any, now: datetime) -> datetime:
+def _timestamp(value: Any) -> float | None:
     if isinstance(value, int | float) and not isinstance(value, bool):
-        try:
-            return datetime.fromtimestamp(value, UTC)
-        except (OverflowError, OSError, ValueError):
-            return now
-    return now
+        return float(value)
+    return None
 
 
-def parse_sendgrid(data: Any, now: datetime) -> tuple[list[EmailEvent], int]:
+def parse_sendgrid(data: Any) -> tuple[list[EmailEvent], int]:
     """A decoded webhook body -> (events, number of malformed items).
 
     ``data`` must be a list (the caller checks); an item that is not an object
@@ -135,26 +147,37 @@ def parse_sendgrid(data: Any, now: datetime) -> tuple[list[EmailEvent], int]:
     events: list[EmailEvent] = []
     bad = 0
     for item in data:
-        if not isinstance(item, dict) or not isinstance(item.get("event"), str):
+        if not isinstance(item, dict):
             bad += 1
             continue
+        kind = item.get("event")
+        if type(kind) is not str:
+            bad += 1
+            continue
+        kind = kind[:32]
         event_id = _text(item.get("sg_event_id"), 128)
         if event_id is None:
             canonical = json.dumps(item, sort_keys=True, default=str).encode()
             event_id = "sha256:" + hashlib.sha256(canonical).hexdigest()[:64]
-        events.append(
-            EmailEvent(
-                event_id=event_id,
-                kind=item["event"][:32],
-                message_id=_message_id(item.get("engage_message_id")),
-                email=_text(item.get("email"), 320),
-                occurred_at=_instant(item.get("timestamp"), now),
-                bounce_type=_text(item.get("type"), 32),
-                reason=_text(item.get("reason"), _TEXT),
-                status=_text(item.get("status"), 32),
-                url=_text(item.get("url"), 2000),
-            )
+        event = EmailEvent(
+            event_id,
+            kind,
+            _message_id(item.get("engage_message_id")),
+            _timestamp(item.get("timestamp")),
         )
+        if kind in _ADDRESSED or kind == "click":
+            event = EmailEvent(
+                event_id,
+                kind,
+                event.message_id,
+                event.timestamp,
+                email=_text(item.get("email"), 320),
+                bounce_type=_text(item.get("type"), 32) if kind in _DETAILED else None,
+                reason=_text(item.get("reason"), _TEXT) if kind in _DETAILED else None,
+                status=_text(item.get("status"), 32) if kind in _DETAILED else None,
+                url=_text(item.get("url"), 2000) if kind == "click" else None,
+            )
+        events.append(event)
     return events, bad
 
 
@@ -175,7 +198,7 @@ def _messages(conn: Connection, ids: Iterable[int]) -> dict[int, _Msg]:
     q = select(M.c.id, M.c.status, M.c.channel, M.c.customer_id, M.c.campaign, M.c.address).where(
         in_values(M.c.id, wanted)
     )
-    return {row[0]: _Msg(*row) for row in conn.execute(q) if row[2] == "email"}
+    return {row[0]: _Msg(*row) for row in conn.execute(q).all() if row[2] == "email"}
 
 
 def _error(event: EmailEvent) -> str:
@@ -234,7 +257,7 @@ def apply_sendgrid(conn: Connection, events: Sequence[EmailEvent], now: datetime
             opt_out.add(m.customer_id)
             outcomes[e.kind, APPLIED] += 1
         else:
-            interactions.append(_interaction(e, m))
+            interactions.append(_interaction(e, m, now))
             outcomes[e.kind, APPLIED] += 1
 
     release(conn, PROVIDER, [e.event_id for e in deferred])
@@ -264,14 +287,14 @@ def _suppression(e: EmailEvent, m: _Msg, reason: str) -> NewSuppression:
     )
 
 
-def _interaction(e: EmailEvent, m: _Msg) -> dict[str, Any]:
+def _interaction(e: EmailEvent, m: _Msg, now: datetime) -> dict[str, Any]:
     attributes: dict[str, Any] = {"campaign": m.campaign, "message_id": m.id}
     if e.url:
         attributes["url"] = e.url
     return {
         "customer_id": m.customer_id,
         "kind": _INTERACTIONS[e.kind],
-        "occurred_at": e.occurred_at,
+        "occurred_at": e.occurred_at(now),
         "attributes": attributes,
         "external_id": f"sendgrid:{e.event_id}",
     }
@@ -286,8 +309,8 @@ def _move_states(
     the stored status: the lifecycle order only ever moves forward.)"""
     status = {m.id: State(m.status) for _, m in state_events}
     final: dict[int, tuple[State, str]] = {}
-    order = list(_MOVES)
-    for e, m in sorted(state_events, key=lambda p: (order.index(p[0].kind), p[0].occurred_at)):
+    rank = {kind: i for i, kind in enumerate(_MOVES)}
+    for e, m in sorted(state_events, key=lambda p: (rank[p[0].kind], p[0].timestamp or 0.0)):
         target, sources = _MOVES[e.kind]
         if status[m.id] in sources:
             status[m.id] = target

@@ -89,7 +89,7 @@ def claim(
             "now": now,
             "rows": [list(p) for p in zip(ids, kinds, strict=True)],
         }
-    return set(conn.execute(stmt, params).scalars())
+    return set(conn.execute(stmt, params).scalars().all())
 
 
 def transaction(engine: Engine, fn: Callable[..., T], *args: Any, attempts: int = 4) -> T:

@@ -83,7 +83,7 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
             raise Problem(400, "invalid_json", "the body must be a JSON array of events")
 
         now = utcnow()
-        events, bad = feedback.parse_sendgrid(data, now)
+        events, bad = feedback.parse_sendgrid(data)
         done = await apply(events, now)
         outcomes = done.outcomes
         if done.deferred:  # sends being recorded right now: give them a moment, once
