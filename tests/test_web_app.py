@@ -84,7 +84,7 @@ def test_startup_says_what_is_enabled(tmp_path: Path) -> None:
         "enabled: GET|POST /u/{token}",
         "disabled: POST /webhooks/sendgrid (SENDGRID_WEBHOOK_PUBLIC_KEY is not set)",
         "enabled: POST /webhooks/twilio/status, POST /webhooks/twilio/inbound",
-        "enabled: POST /v1/customers, POST /v1/interactions, POST /v1/points",
+        "enabled: POST /v1/customers, POST /v1/interactions, POST /v1/events, POST /v1/points",
         "enabled: GET /healthz, GET /metrics",
     ]
 

@@ -25,6 +25,7 @@ from engage.db.models import (
 )
 from engage.ingest import import_file
 from engage.web import create_app
+from engage.web.routes import ingest as ingest_routes
 
 from .helpers import make_config
 from .webtools import API_TOKEN, serving
@@ -295,8 +296,9 @@ def test_bad_requests_are_4xx_json_and_change_nothing(
 def test_disabled_without_api_token(tmp_path: Path, db_url: str, engine: Engine) -> None:
     config = make_config(tmp_path, database_url=db_url)
     with serving(create_app(config)) as url:
-        r = httpx.post(f"{url}/v1/customers", json=[{"id": "c1"}], headers=AUTH)
-    assert r.status_code == 404 and r.json()["error"] == "endpoint_disabled"
+        for path in ingest_routes.PATHS:
+            r = httpx.post(f"{url}{path}", json=[{"id": "c1"}], headers=AUTH)
+            assert r.status_code == 404 and r.json()["error"] == "endpoint_disabled", path
 
 
 def test_ingest_metrics(client: httpx.Client) -> None:

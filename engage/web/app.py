@@ -140,10 +140,7 @@ def _disabled(group: str) -> list[BaseRoute]:
             404, "endpoint_disabled", f"this endpoint is not enabled on this server ({g.secret})"
         )
 
-    paths = [p.split(" ", 1)[1] for p in g.paths]
-    if group == "ingest":
-        paths = list(ingest.PATHS)
-    return [Route(p, disabled, methods=["GET", "POST"]) for p in paths]
+    return [Route(p.split(" ", 1)[1], disabled, methods=["GET", "POST"]) for p in g.paths]
 
 
 Handler = Callable[[Request, Any], Awaitable[Response] | Response]

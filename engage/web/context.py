@@ -9,7 +9,6 @@ token too short to be safe) is a ``ConfigError``: the server does not start.
 from __future__ import annotations
 
 import functools
-import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,8 +23,6 @@ from ..db import make_engine
 from ..errors import ConfigError
 from ..unsubscribe import make_token
 from .metrics import Metrics
-
-log = logging.getLogger("engage.web")
 
 MIN_API_TOKEN = 16
 # Database work runs in threads, at most this many at once per process: the
@@ -55,7 +52,7 @@ GROUPS = (
     ),
     Group(
         "ingest",
-        ("POST /v1/customers", "POST /v1/interactions", "POST /v1/points"),
+        ("POST /v1/customers", "POST /v1/interactions", "POST /v1/events", "POST /v1/points"),
         "ENGAGE_API_TOKEN",
     ),
 )
@@ -78,10 +75,6 @@ class WebContext:
         if self._limiter is None:  # made inside the event loop that uses it
             self._limiter = CapacityLimiter(DB_CONCURRENCY)
         return await anyio.to_thread.run_sync(functools.partial(fn, *args), limiter=self._limiter)
-
-    def disabled_reason(self, group: str) -> str:
-        g = next(g for g in GROUPS if g.name == group)
-        return f"{g.secret} is not set"
 
 
 def sendgrid_public_key(text: str) -> object:
