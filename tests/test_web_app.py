@@ -134,3 +134,28 @@ def test_a_bug_is_a_json_500(
     with serving(create_app(config)) as url:
         r = httpx.get(f"{url}/u/{make_token(SECRET, 'ann', 'email', 'x')}")
     assert r.status_code == 500 and r.json()["error"] == "internal_error"
+
+
+def test_old_webhook_event_ids_are_pruned(engine: Engine) -> None:
+    from datetime import timedelta
+
+    from sqlalchemy import insert, select
+
+    from engage.db.models import WebhookEvent
+    from engage.web.feedback import prune
+
+    from .helpers import NOW
+
+    with engine.begin() as conn:
+        conn.execute(
+            insert(WebhookEvent),
+            [
+                {"provider": "sendgrid", "event_id": "old", "kind": "open",
+                 "received_at": NOW - timedelta(days=8)},
+                {"provider": "sendgrid", "event_id": "new", "kind": "open",
+                 "received_at": NOW - timedelta(days=6)},
+            ],
+        )
+    assert prune(engine, NOW - timedelta(days=7)) == 1
+    with engine.connect() as conn:
+        assert conn.execute(select(WebhookEvent.event_id)).scalars().all() == ["new"]
