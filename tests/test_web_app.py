@@ -87,6 +87,12 @@ def test_startup_says_what_is_enabled(tmp_path: Path) -> None:
         "enabled: POST /v1/customers, POST /v1/interactions, POST /v1/events, POST /v1/points",
         "enabled: GET /healthz, GET /metrics",
     ]
+    example = config.model_copy(update={"public_url": "https://engage.example.com"})
+    engine = web_engine(config.db_url)
+    assert describe(build_context(example, engine))[-1].startswith(
+        "warning: public_url is still https://engage.example.com"
+    )
+    engine.dispose()
 
 
 @pytest.mark.parametrize(

@@ -34,7 +34,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..config import Config, load_config
 from ..timeutil import utcnow
-from .context import GROUPS, WebContext, build_context, describe, web_engine
+from .context import GROUPS, WebContext, build_context, web_engine
+from .context import announce as announce_endpoints
 from .feedback import prune
 from .http import Problem, log, problem_response, route_of
 from .routes import health, ingest, sendgrid, twilio, unsubscribe
@@ -73,8 +74,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if announce:
-            for line in describe(ctx):
-                log.info(line, extra={"event": "serve_endpoints"})
+            announce_endpoints(ctx)
         pruner = asyncio.create_task(_prune_forever(ctx))
         try:
             yield

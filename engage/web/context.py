@@ -9,6 +9,7 @@ token too short to be safe) is a ``ConfigError``: the server does not start.
 from __future__ import annotations
 
 import functools
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,7 +25,10 @@ from ..errors import ConfigError
 from ..unsubscribe import make_token
 from .metrics import Metrics
 
+log = logging.getLogger("engage.web")
+
 MIN_API_TOKEN = 16
+EXAMPLE_PUBLIC_URL = Config.model_fields["public_url"].default
 # Database work runs in threads, at most this many at once per process: the
 # pool holds as many connections, so a burst queues on the event loop
 # instead of timing out waiting for a connection.
@@ -121,6 +125,13 @@ def build_context(config: Config, engine: Engine) -> WebContext:
     return ctx
 
 
+def announce(ctx: WebContext) -> None:
+    """Log ``describe``'s lines (warnings as warnings): what a start says."""
+    for line in describe(ctx):
+        level = logging.WARNING if line.startswith("warning:") else logging.INFO
+        log.log(level, line, extra={"event": "serve_endpoints"})
+
+
 def describe(ctx: WebContext) -> list[str]:
     """One line per endpoint group: what is served, what is off and why."""
     lines = []
@@ -131,6 +142,11 @@ def describe(ctx: WebContext) -> list[str]:
         else:
             lines.append(f"disabled: {paths} ({g.secret} is not set)")
     lines.append("enabled: GET /healthz, GET /metrics")
+    if ctx.config.public_url == EXAMPLE_PUBLIC_URL and ctx.enabled["twilio"]:
+        lines.append(
+            f"warning: public_url is still {EXAMPLE_PUBLIC_URL}: Twilio's signatures are "
+            "checked against it, so set it to the URL Twilio calls"
+        )
     return lines
 
 

@@ -24,6 +24,7 @@ from starlette.applications import Starlette
 from ..config import SECRET_VARS, Config
 from ..logs import JsonFormatter, TextFormatter
 from .app import create_app
+from .context import announce
 from .metrics import MULTIPROC_ENV
 
 GRACEFUL_SHUTDOWN = 30  # seconds in-flight requests get on SIGTERM
@@ -130,8 +131,7 @@ def serve(
             "metrics_dir": os.environ[MULTIPROC_ENV],
         },
     )
-    for line in _describe(app):
-        logging.getLogger("engage.web").info(line, extra={"event": "serve_endpoints"})
+    announce(app.state.ctx)
     try:
         uvicorn.run("engage.web.server:worker_app", factory=True, workers=workers, **options)
     finally:
@@ -142,9 +142,3 @@ def serve(
 
 def _ignore(signum: int, frame: object) -> None:
     pass
-
-
-def _describe(app: Starlette) -> list[str]:
-    from .context import describe
-
-    return describe(app.state.ctx)
