@@ -2,7 +2,7 @@
 
 Prints a table (figure, reference, ratio, target, pass/fail, load average)
 and writes the same rows as JSON. ``--only`` runs one group: ``audience``,
-``planning``, ``rendering``, ``dispatch``, ``memory``, ``report``, ``ui``.
+``planning``, ``rendering``, ``dispatch``, ``memory``, ``report``, ``ui``, ``http``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 from engage.db import make_engine
 from engage.timeutil import isoformat_z, parse_instant
 
-from . import audience, dispatch, generate, planning, rendering, report, ui
+from . import audience, dispatch, generate, http, planning, rendering, report, ui
 from .common import (
     Context,
     Result,
@@ -39,6 +39,7 @@ GROUPS: dict[str, Callable[[Context], list[Result]]] = {
     "memory": planning.run_memory,
     "report": report.run,
     "ui": ui.run,
+    "http": http.run,
 }
 
 

@@ -656,6 +656,19 @@ def demo_cmd(
         f"explore: engage --config {directory / 'config.yaml'} "
         "report | calendar | outbox | customer c0000001"
     )
+    out.print(
+        "close the loop: start the HTTP side (unsubscribe links, webhooks) with\n"
+        f"  env $(cat {directory / '.env'}) engage --config {directory / 'config.yaml'} serve",
+        markup=False,
+    )
+    if demo.unsubscribe_link:
+        eml = demo.unsubscribe_file
+        shown = directory / eml.relative_to(demo.folder) if eml else "an email"
+        out.print(
+            f"then open the unsubscribe link of {shown} in a browser:\n"
+            f"  {demo.unsubscribe_link}",
+            markup=False,
+        )
 
 
 @app.command("run")
@@ -693,6 +706,60 @@ def run_cmd(
         if lock is not None:
             lock.release()
     raise typer.Exit(code)
+
+
+@app.command("serve")
+def serve_cmd(
+    ctx: typer.Context,
+    host: Annotated[
+        str | None, typer.Option("--host", help="Address to listen on (default: serve.host).")
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option("--port", min=0, max=65535, help="Port (default: serve.port, 8080)."),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option("--workers", min=1, max=64, help="Worker processes (default: serve.workers)."),
+    ] = None,
+    log_format: Annotated[
+        str, typer.Option("--log-format", help="text or json (one object per line).")
+    ] = "text",
+    log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning.")] = "info",
+    show_pii: Annotated[
+        bool, typer.Option("--show-pii", help="Do not mask e-mail addresses and phones in logs.")
+    ] = False,
+) -> None:
+    """The HTTP side: unsubscribe links, SendGrid and Twilio webhooks, the ingest API.
+
+    Endpoints whose secret is not in the environment are disabled (listed at start).
+    Put it behind an HTTPS reverse proxy at `public_url` (docs/http.md).
+    """
+    from sqlalchemy.exc import DBAPIError
+
+    from .daemon.process import check_schema, safe_url
+    from .web import serve
+
+    if log_format not in ("text", "json"):
+        raise typer.BadParameter("must be text or json", param_hint="--log-format")
+    c = ctx_of(ctx)
+    try:
+        check_schema(c.engine)
+    except DBAPIError as exc:
+        raise EngageError(
+            f"cannot reach the database {safe_url(c.engine)}: {type(exc.orig).__name__}"
+        ) from None
+    c.engine.dispose()  # the server opens its own connections
+    serve(
+        c.config,
+        config_path=c.config_path,
+        host=host,
+        port=port,
+        workers=workers,
+        log_format=log_format,
+        log_level=log_level,
+        mask=not show_pii,
+    )
 
 
 @app.command("status")

@@ -161,6 +161,18 @@ class Dispatch(Strict):
     helper_process: bool = True
 
 
+class Serve(Strict):
+    """``engage serve``: the HTTP side (docs/http.md)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+    workers: int = Field(1, ge=1, le=64)
+    # SendGrid signs a timestamp with each batch: older or newer than this is a replay.
+    webhook_tolerance: Duration = timedelta(minutes=10)
+    # How long applied webhook event ids are kept to recognise a redelivery.
+    event_retention: Duration = timedelta(days=7)
+
+
 class Config(Strict):
     timezone: ZoneName = "UTC"
     locale: str = "en_US"
@@ -184,6 +196,7 @@ class Config(Strict):
     import_batch_size: int = Field(1000, ge=1)
     channels: Channels = Channels()
     dispatch: Dispatch = Dispatch()
+    serve: Serve = Serve()
 
     # Where the file was read from; not a YAML key.
     base_dir: Path = Field(default_factory=Path.cwd, exclude=True)

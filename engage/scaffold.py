@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from email import message_from_bytes, policy
 from pathlib import Path
 
 from sqlalchemy import Engine, select
@@ -25,6 +27,7 @@ from .planning.calendar import Entry, upcoming
 from .planning.planner import PlanResult, plan_occurrence
 
 DEMO_MARKER = ".engage-demo"
+DEMO_ENV = ".env"  # the demo's ENGAGE_SECRET_KEY, for `engage serve`
 
 
 def examples_root() -> Path:
@@ -72,6 +75,12 @@ class Demo:
     outbox: dict[str, int] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
     calendar: list[Entry] = field(default_factory=list)
+    unsubscribe_link: str | None = None  # from the first email written
+    unsubscribe_file: Path | None = None
+
+    @property
+    def env_file(self) -> Path:
+        return self.folder / DEMO_ENV
 
 
 def run_demo(
@@ -97,12 +106,19 @@ def run_demo(
     folder.mkdir(parents=True)
     (folder / DEMO_MARKER).write_text("created by `engage demo`; safe to delete\n")
     init_project(folder)
+    _serve_locally(folder / "config.yaml")
+    # The unsubscribe links are signed with this key: `engage serve` needs it
+    # too, so it is kept (readable by the owner only) in the demo folder.
+    secret = secrets.token_urlsafe(32)
+    env_file = folder / DEMO_ENV
+    env_file.write_text(f"ENGAGE_SECRET_KEY={secret}\n")
+    env_file.chmod(0o600)
     config = load_config(folder / "config.yaml", environ={})
     config = config.model_copy(
         update={
             "database_url": f"sqlite:///{folder / 'engage.db'}",
             "channels": config.channels.model_copy(update={"email": "file", "sms": "file"}),
-            "secrets": {"ENGAGE_SECRET_KEY": secrets.token_urlsafe(32)},
+            "secrets": {"ENGAGE_SECRET_KEY": secret},
         }
     )
     engine = get_engine(config.db_url)
@@ -139,6 +155,11 @@ def run_demo(
     demo.outbox = counts_by_status(engine)
     out_dir = config.resolve(config.channels.file.dir)
     demo.files = sorted(out_dir.glob("*")) if out_dir.exists() else []
+    for path in demo.files:
+        link = unsubscribe_link(path)
+        if link:
+            demo.unsubscribe_link, demo.unsubscribe_file = link, path
+            break
     demo.calendar = upcoming(engine, config, campaigns, now, 7)
     return demo
 
@@ -154,3 +175,23 @@ def _members(engine: Engine) -> list[tuple[str, str, datetime, bool]]:
             .order_by(m.c.id)
         ).all()
     return [(c, cid, at, status == "held_out") for c, cid, at, status in rows]
+
+
+_PUBLIC_URL = re.compile(r"^public_url:.*$", re.MULTILINE)
+
+
+def _serve_locally(config_file: Path) -> None:
+    """Point the demo's ``public_url`` at ``engage serve`` on this machine, so
+    the unsubscribe links in its emails work locally."""
+    text = config_file.read_text()
+    line = "public_url: http://127.0.0.1:8080          # the demo: `engage serve` on this machine"
+    config_file.write_text(_PUBLIC_URL.sub(line, text, count=1))
+
+
+def unsubscribe_link(eml: Path) -> str | None:
+    """The one-click URL of an email's ``List-Unsubscribe`` header, if any."""
+    if eml.suffix != ".eml":
+        return None
+    header = message_from_bytes(eml.read_bytes(), policy=policy.default).get("List-Unsubscribe")
+    match = re.search(r"<(https?://[^>]+)>", str(header or ""))
+    return match.group(1) if match else None

@@ -15,10 +15,10 @@ from sqlalchemy import func, select
 from benchmarks.__main__ import main
 from benchmarks.runner import GROUPS, run
 from engage.db import make_engine
-from engage.db.models import CampaignRun, Message, Suppression
+from engage.db.models import CampaignRun, Interaction, Message, Suppression, WebhookEvent
 
 GROUP_ROWS = {
-    "audience": 6, "planning": 1, "rendering": 1, "dispatch": 2, "memory": 1, "report": 10, "ui": 1
+    "audience": 6, "planning": 1, "rendering": 1, "dispatch": 2, "memory": 1, "report": 10, "ui": 1, "http": 2
 }
 
 
@@ -64,10 +64,29 @@ def test_small_run_reports_every_figure(db_url: str, tmp_path: Path) -> None:
         rounds = row["details"]["rounds"]
         assert len(rounds) == 3 and all(r["outcomes"] == {"sent": r["planned"]} for r in rounds)
         assert abs(row["ratio"] - sorted(r["ratio"] for r in rounds)[1]) < 0.006  # the median
+    # the HTTP rows: every request answered 200 and everything sent was stored
+    http = {r["name"].split(" (")[0]: r for r in report["results"] if r["name"].startswith("http")}
+    assert set(http) == {"http SendGrid webhook", "http ingest API"}
+    for row in http.values():
+        for pair in row["details"]["rounds"]:
+            for side in ("engage", "bare"):
+                assert set(pair[side]["statuses"]) == {"200"} and not pair[side]["errors"], pair
+    for pair in http["http SendGrid webhook"]["details"]["rounds"]:
+        states = pair["engage"]["states"]
+        assert set(states) == {"delivered", "bounced"} and states["bounced"] > 0, states
+    for pair in http["http ingest API"]["details"]["rounds"]:
+        assert pair["engage"]["stored"] == pair["engage"]["items"]
     # the printed table carries every figure, and the run removed what it added
     table = out.getvalue()
     assert all(name in table for name in names)
     assert _leftovers(db_url) == 0
+    engine = make_engine(db_url)
+    with engine.connect() as conn:  # the HTTP group's writes are gone too
+        assert conn.execute(select(func.count()).select_from(WebhookEvent)).scalar_one() == 0
+        assert conn.execute(
+            select(func.count()).where(Interaction.external_id.like("%bench-%"))
+        ).scalar_one() == 0
+    engine.dispose()
 
 
 def test_cli_runs_one_group_on_an_existing_data_set(tmp_path: Path,

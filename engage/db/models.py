@@ -294,6 +294,24 @@ class Suppression(Base):
     created_at: Mapped[datetime] = mapped_column(default=_now)
 
 
+class WebhookEvent(Base):
+    """A provider callback already applied: what makes webhooks idempotent.
+
+    SendGrid redelivers a batch it got no 2xx for, and Twilio may retry an
+    inbound message; a row here (``sg_event_id``, a Twilio MessageSid and
+    status) means "seen, applied, do nothing again". ``engage serve`` deletes
+    rows older than ``serve.event_retention`` (default 7 days, beyond any
+    provider's retry horizon).
+    """
+
+    __tablename__ = "webhook_event"
+
+    provider: Mapped[str] = mapped_column(String(16), primary_key=True)  # sendgrid | twilio
+    event_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))  # delivered, bounce, stop, ...
+    received_at: Mapped[datetime] = mapped_column(index=True)
+
+
 SUPPRESSION_REASONS = (
     "unsubscribe",
     "bounce",

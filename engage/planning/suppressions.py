@@ -52,9 +52,52 @@ def load_for(conn: Connection, recipients: Sequence[Recipient]) -> Suppressions:
     return Suppressions.of(all_rows(conn, q))
 
 
+@dataclass(frozen=True)
+class NewSuppression:
+    """A suppression to add; ``campaign`` and ``message_id`` name the message
+    that led to it (an unsubscribe link, a webhook event), when known."""
+
+    channel: str
+    address: str
+    customer_id: str | None
+    reason: str
+    source: str | None
+    campaign: str | None = None
+    message_id: int | None = None
+
+
+def _row(entry: NewSuppression, now: datetime) -> dict[str, object]:
+    if entry.channel not in CHANNELS:
+        raise EngageError(f"unknown channel {entry.channel!r} (use email or sms)")
+    if entry.reason not in SUPPRESSION_REASONS:
+        raise EngageError(
+            f"unknown reason {entry.reason!r} (one of {', '.join(SUPPRESSION_REASONS)})"
+        )
+    if not entry.address.strip():
+        raise EngageError("an address is required")
+    return {
+        "channel": entry.channel,
+        "address": normalize_address(entry.channel, entry.address),
+        "customer_id": entry.customer_id,
+        "reason": entry.reason,
+        "source": entry.source,
+        "campaign": entry.campaign,
+        "message_id": entry.message_id,
+        "created_at": now,
+    }
+
+
+def insert(conn: Connection, entries: Iterable[NewSuppression], now: datetime) -> int:
+    """Add suppressions inside the caller's transaction; existing ones win.
+
+    Returns how many were new."""
+    rows = [_row(e, now) for e in entries]
+    return insert_ignore(conn, S, rows, ["channel", "address"]) if rows else 0
+
+
 def add(
     engine: Engine,
-    rows: Iterable[tuple[str, str, str | None, str, str | None]],
+    rows: Iterable[tuple[str, str, str | None, str, str | None] | NewSuppression],
     now: datetime | None = None,
 ) -> int:
     """Insert (channel, address, customer_id, reason, source) rows; existing ones win.
@@ -62,28 +105,34 @@ def add(
     Returns how many were new.
     """
     now = now or utcnow()
-    values = []
-    for channel, address, customer_id, reason, source in rows:
-        if channel not in CHANNELS:
-            raise EngageError(f"unknown channel {channel!r} (use email or sms)")
-        if reason not in SUPPRESSION_REASONS:
-            raise EngageError(
-                f"unknown reason {reason!r} (one of {', '.join(SUPPRESSION_REASONS)})"
-            )
-        if not address.strip():
-            raise EngageError("an address is required")
-        values.append(
-            {
-                "channel": channel,
-                "address": normalize_address(channel, address),
-                "customer_id": customer_id,
-                "reason": reason,
-                "source": source,
-                "created_at": now,
-            }
-        )
+    entries = [r if isinstance(r, NewSuppression) else NewSuppression(*r) for r in rows]
     with engine.begin() as conn:
-        return insert_ignore(conn, S, values, ["channel", "address"])
+        return insert(conn, entries, now)
+
+
+def lift(
+    conn: Connection,
+    channel: str,
+    reasons: Sequence[str],
+    *,
+    address: str | None = None,
+    customer_id: str | None = None,
+) -> int:
+    """Inside the caller's transaction, delete the suppressions of ``channel``
+    with one of ``reasons`` for ``address`` or ``customer_id`` (a customer who
+    asks to come back: suppressions for other reasons, such as a bounce or a
+    spam report, stay). Returns how many were removed."""
+    match = []
+    if address:
+        match.append(S.c.address == normalize_address(channel, address))
+    if customer_id:
+        match.append(S.c.customer_id == customer_id)
+    if not match:
+        return 0
+    result = conn.execute(
+        delete(S).where(S.c.channel == channel, S.c.reason.in_(list(reasons)), or_(*match))
+    )
+    return int(result.rowcount)
 
 
 def remove(engine: Engine, channel: str, address: str) -> bool:
