@@ -669,6 +669,13 @@ def demo_cmd(
             f"  {demo.unsubscribe_link}",
             markup=False,
         )
+    out.print(
+        "and look at it in the web interface (calendar, campaign previews, customers, report):\n"
+        f"  env $(cat {directory / '.env'}) ENGAGE_UI_PASSWORD=demo "
+        f"engage --config {directory / 'config.yaml'} serve\n"
+        "  then open http://127.0.0.1:8080/ and sign in with the password demo",
+        markup=False,
+    )
 
 
 @app.command("run")

@@ -409,7 +409,9 @@ def test_customer_page_timeline_points_and_decisions(shop: Path, client: httpx.C
 
 
 # -- report ----------------------------------------------------------------------------------
-def test_report_from_the_outbox(client: httpx.Client) -> None:
+def test_report_page_shows_the_figures_of_engage_report(shop: Path, client: httpx.Client) -> None:
+    """The default report source is ``engage report``'s library: the funnel, the
+    shop figures and the daily activity of the same local days."""
     page = client.get("/report", params={"from": "2026-03-01", "to": "2026-03-04"}).text
     assert re.search(r'id="total-sent">7<', page)  # 6 early-bird + 1 winback
     assert re.search(r'id="total-delivered">4<', page)
@@ -418,6 +420,27 @@ def test_report_from_the_outbox(client: httpx.Client) -> None:
     row = re.search(r'<tr data-campaign="early-bird">.*?</tr>', page, re.S).group(0)
     cells = [unescape(c) for c in re.findall(r'<td class="num">(.*?)</td>', row)]
     assert cells[:7] == ["8", "6", "3", "1", "1", "0", "1"]
+    assert "come from <code>engage report</code>" not in page and "Source: engage report" in page
+    report = json.loads(cli(shop, "report", "--from", "2026-03-01", "--to", "2026-03-04", "--json"))
+    figures = dict(re.findall(
+        r'data-figure="([\w.]+)"><span class="label">[^<]*</span><span class="value">([^<]*)<', page
+    ))
+    shop_ = report["shop"]
+    assert figures["customers.total"] == f"{shop_['customers']['total']:,}"
+    assert figures["purchases.orders"] == f"{shop_['purchases']['orders']:,}"
+    rate = shop_["retention"]["rate"]
+    assert figures["retention.rate"] == ("–" if rate is None else f"{rate:.1f}%")
+
+
+def test_report_page_without_the_library_shows_the_outbox(shop: Path) -> None:
+    config = shop_config(shop)
+    app = create_ui(config, make_engine(config.db_url), clock=lambda: UI_NOW,
+                    report_source=outbox_report)
+    with LiveServer(app) as srv:
+        c = signed_in(srv.url)
+        page = c.get("/report", params={"from": "2026-03-01", "to": "2026-03-04"}).text
+        c.close()
+    assert re.search(r'id="total-sent">7<', page)
     assert "come from <code>engage report</code>" in page
 
 

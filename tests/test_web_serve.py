@@ -178,3 +178,28 @@ def test_start_up_errors_are_one_line(tmp_path: Path) -> None:
 @pytest.mark.parametrize("option", ["--workers", "--port"])
 def test_bad_options_are_usage_errors(tmp_path: Path, option: str) -> None:
     run(["serve", option, "-1"], tmp_path, code=2)
+
+
+def test_the_demo_in_the_web_interface_of_engage_serve(tmp_path: Path) -> None:
+    """The command the demo prints: `engage serve` with ENGAGE_UI_PASSWORD serves
+    the interface beside the API; without it the interface is off and says so."""
+    demo = run(["demo", "shop", "--customers", "80"], tmp_path)
+    assert "ENGAGE_UI_PASSWORD=demo" in demo.stdout and "http://127.0.0.1:8080/" in demo.stdout
+    env = dict(line.split("=", 1) for line in (tmp_path / "shop" / ".env").read_text().splitlines())
+    with serving(["--config", "shop/config.yaml", "serve"], tmp_path,
+                 {**env, "ENGAGE_UI_PASSWORD": "demo"}) as server:
+        with httpx.Client(base_url=server.url) as c:
+            assert c.get("/healthz").status_code == 200  # the API still answers first
+            r = c.get("/")
+            assert r.status_code == 303 and r.headers["location"].startswith("/login")
+            token = re.search(r'name="csrf" value="([^"]+)"', c.get("/login").text).group(1)  # type: ignore[union-attr]
+            r = c.post("/login", data={"csrf": token, "password": "demo", "next": "/report"})
+            assert r.status_code == 303
+            page = c.get("/report")
+            assert page.status_code == 200 and 'data-figure="retention.rate"' in page.text
+            assert "content-security-policy" in page.headers
+            assert c.get("/calendar-no-such-page", headers={"Accept": "application/json"}).status_code == 404
+    assert server.returncode == 0, server.stderr
+    with serving(["--config", "shop/config.yaml", "serve"], tmp_path, env) as server:
+        assert httpx.get(server.url + "/", follow_redirects=False).status_code == 404
+    assert "ENGAGE_UI_PASSWORD" in server.stderr

@@ -3,9 +3,11 @@
 The app is assembled from route modules, one per concern (``routes/``), each
 a function ``routes(ctx) -> list[BaseRoute]`` over the shared ``WebContext``.
 A module whose secret is missing is replaced by routes that answer 404
-``endpoint_disabled``. To add a concern (the marketer pages, with sign-in),
-write another module and add it to ``ROUTE_MODULES``; app-wide middleware
-(a session middleware, say) goes into ``middleware()``.
+``endpoint_disabled``. To add a concern, write another module and add it to
+``ROUTE_MODULES``; app-wide middleware goes into ``middleware()``. The
+marketer interface (``ui``, with its own sign-in, sessions and security
+headers) is mounted last, at ``/``, when ``ENGAGE_UI_PASSWORD`` or
+``ENGAGE_UI_USERS`` is set.
 
 Stateless: any number of processes on any machines may serve the same
 database, beside any number of ``engage run`` workers. Nothing but the
@@ -29,7 +31,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..config import Config, load_config
@@ -39,6 +41,7 @@ from .context import announce as announce_endpoints
 from .feedback import prune
 from .http import Problem, log, problem_response, route_of
 from .routes import health, ingest, sendgrid, twilio, unsubscribe
+from .ui import create_ui
 
 # (group name or None for always on, module)
 ROUTE_MODULES: tuple[tuple[str | None, ModuleType], ...] = (
@@ -70,6 +73,11 @@ def create_app(
             routes.extend(module.routes(ctx))
         else:
             routes.extend(_disabled(group))
+    # The marketer interface (docs/ui.md), last: the API routes above match
+    # first. None, logged once, when no sign-in is configured.
+    ui = create_ui(config, engine)
+    if ui is not None:
+        routes.append(Mount("/", app=ui))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

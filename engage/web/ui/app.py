@@ -47,7 +47,7 @@ from .auth import (
     same_token,
 )
 from .estimates import EstimateCache
-from .report import ReportSource, outbox_report
+from .report import ReportSource, library_report
 from .security import SecurityHeaders
 from .state import CampaignFiles
 
@@ -113,7 +113,7 @@ def create_ui(
 
     ``config`` is a loaded Config or a path to config.yaml; ``engine`` defaults
     to the config's database. ``report_source`` computes the report page's
-    data (default: what the outbox alone says); ``clock`` is for tests.
+    data (default: ``engage report``'s library); ``clock`` is for tests.
     """
     if not isinstance(config, Config):
         config = load_config(config)
@@ -144,7 +144,7 @@ def create_ui(
         throttle=Throttle(),
         estimates=EstimateCache(engine, config, clock=clock),
         campaigns=CampaignFiles(config),
-        report_source=report_source or outbox_report,
+        report_source=report_source or library_report,
         clock=clock,
         env=_environment(),
     )

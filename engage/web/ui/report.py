@@ -2,11 +2,11 @@
 
 The seam: ``ReportSource`` is any function ``(engine, config, start, end,
 zone) -> ReportData``. ``create_ui(..., report_source=...)`` takes one; the
-default, ``outbox_report``, fills in what the outbox alone says (messages by
-status per campaign, unsubscribes recorded against a campaign, sends and
-deliveries per day) and leaves conversions, lift and the shop figures empty,
-which the page says. The report library (``engage report``) plugs in by
-returning the same structure with every field filled.
+default, ``library_report``, is ``engage report``'s own library with the
+outbox's sends and deliveries per day; ``outbox_report`` fills in only what
+the outbox says (messages by status per campaign, unsubscribes recorded
+against a campaign, sends and deliveries per day) and leaves conversions,
+lift and the shop figures empty, which the page says.
 """
 
 from __future__ import annotations
@@ -165,3 +165,111 @@ def as_json(data: ReportData) -> dict[str, Any]:
     from dataclasses import asdict
 
     return cast(dict[str, Any], asdict(data))
+
+
+# -- the report library ------------------------------------------------------------
+
+_SHOP_FIGURES = (  # (section, key, label, unit) of `engage report --json`, in page order
+    ("customers", "total", "Customers", "count"),
+    ("customers", "new", "New customers", "count"),
+    ("activity", "active", "Active customers", "count"),
+    ("retention", "rate", "Customer retention rate", "%"),
+    ("retention", "cohort_rate", "Cohort retention", "%"),
+    ("activity", "churn_rate", "Churn rate", "%"),
+    ("purchases", "orders", "Orders", "count"),
+    ("purchases", "revenue", "Revenue", "money"),
+    ("purchases", "average_order_value", "Average order value", "money"),
+    ("purchases", "purchase_frequency", "Purchase frequency", "ratio"),
+    ("purchases", "repeat_purchase_rate", "Repeat purchase rate", "%"),
+    ("purchases", "loyal_customer_rate", "Loyal customer rate", "%"),
+    ("points", "earned", "Points earned", "count"),
+    ("points", "redeemed", "Points redeemed", "count"),
+    ("points", "expired", "Points expired", "count"),
+    ("points", "redemption_rate", "Redemption rate", "%"),
+    ("nps", "score", "Net promoter score", "ratio"),
+    ("nps", "responses", "Survey answers", "count"),
+)
+_LIFT_NOTES = {
+    "no_holdout": "no holdout: no lift",
+    "not_enough_data": "not enough data (holdout under 30)",
+    "no_recipients": "nothing sent",
+}
+
+
+def library_report(
+    engine: Engine, config: Config, start: datetime, end: datetime, zone: ZoneInfo
+) -> ReportData:
+    """The report page's data from ``engage report``'s own library: every figure
+    the CLI prints for the same local days, plus the outbox's daily activity."""
+    from ...report import Period, build_report
+    from ...timeutil import utcnow
+
+    first, last = start.astimezone(zone).date(), _last_day(end, zone)
+    report = build_report(engine, config, Period.of_days(first, last, zone, utcnow()), utcnow())
+    doc = report.to_json()
+    shop = [
+        Figure(f"{section}.{key}", label, _number(doc["shop"][section][key]), unit)
+        for section, key, label, unit in _SHOP_FIGURES
+    ]
+    campaigns = [_campaign(c) for c in doc["campaigns"]]
+    series = {
+        "aov": [
+            SeriesPoint(_local_day(b["start"], zone), _number(b["average_order_value"]))
+            for b in doc["series"]["buckets"]
+        ]
+    }
+    return ReportData(
+        start=report.period.start,
+        end=report.period.end,
+        campaigns=campaigns,
+        shop=shop,
+        daily=daily_activity(engine, first, last, zone),
+        series=series,
+        source="engage report",
+        complete=True,
+    )
+
+
+def _campaign(c: dict[str, Any]) -> CampaignFigures:
+    lift = c["lift"]
+    ok = lift["status"] == "ok"
+    return CampaignFigures(
+        name=c["name"],
+        planned=c["planned"],
+        sent=c["sent"],
+        delivered=c["delivered"],
+        bounced=c["bounced"] + c["undelivered"],
+        failed=c["failed"],
+        unsubscribed=c["unsubscribed"],
+        held_out=c["held_out"],
+        recipients=_group(c["recipients"]),
+        holdout=_group(c["holdout"]) if c["holdout"]["members"] else None,
+        lift=lift["absolute"] / 100 if ok else None,
+        lift_ci=(lift["ci_low"] / 100, lift["ci_high"] / 100) if ok else None,
+        relative_lift=lift["relative"] / 100 if ok and lift["relative"] is not None else None,
+        revenue=Decimal(lift["incremental_revenue"]) if ok and lift["incremental_revenue"]
+        else Decimal(c["recipients"]["revenue"]),
+        note=_LIFT_NOTES.get(lift["status"]),
+    )
+
+
+def _group(g: dict[str, Any]) -> Group:
+    rate = g["conversion_rate"]
+    return Group(
+        customers=g["members"],
+        conversions=g["conversions"],
+        rate=rate / 100 if rate is not None else None,
+        ci=(g["conversion_rate_ci_low"] / 100, g["conversion_rate_ci_high"] / 100)
+        if g.get("conversion_rate_ci_low") is not None
+        else None,
+    )
+
+
+def _local_day(instant: str, zone: ZoneInfo) -> date:
+    return datetime.fromisoformat(instant.replace("Z", "+00:00")).astimezone(zone).date()
+
+
+def _number(value: Any) -> float | Decimal | int | None:
+    if isinstance(value, str):
+        return Decimal(value)
+    return cast(float | int | None, value)
