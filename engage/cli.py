@@ -19,7 +19,7 @@ from sqlalchemy import Engine
 
 from .config import Config, load_config
 from .errors import EngageError
-from .timeutil import isoformat_z, parse_instant, utcnow
+from .timeutil import isoformat_z, parse_at, utcnow
 
 app = typer.Typer(
     help="engage: reach the right customer at the right moment, with campaigns as code.",
@@ -63,7 +63,7 @@ class Ctx:
         if not when:
             return utcnow()
         try:
-            return parse_instant(when, self.config.zone)
+            return parse_at(when, self.config.zone)
         except ValueError as exc:
             raise EngageError(f"--at: {exc}") from None
 

@@ -31,6 +31,7 @@ from .timeutil import get_zone, parse_duration
 from .yamlutil import YamlSyntaxError, load_yaml_file, problems_from_validation
 
 ENV_PREFIX = "ENGAGE_"
+MAX_CATCH_UP = timedelta(days=30)
 SECRET_VARS = (
     "SENDGRID_API_KEY",
     "TWILIO_ACCOUNT_SID",
@@ -196,6 +197,16 @@ class Config(Strict):
         ):
             raise ValueError("the SMS send window must lie within 08:00-21:00 local time")
         return windows
+
+    @field_validator("catch_up")
+    @classmethod
+    def _catch_up_bounded(cls, catch_up: timedelta) -> timedelta:
+        # Catch-up walks every occurrence of the window, on every sweep.
+        if catch_up > MAX_CATCH_UP:
+            raise ValueError(
+                f"at most {MAX_CATCH_UP.days}d: older occurrences are recorded as missed"
+            )
+        return catch_up
 
     @property
     def zone(self) -> ZoneInfo:
