@@ -220,12 +220,15 @@ def dry_run_cmd(
     ] = False,
 ) -> None:
     """Who would get what and why not, with counts per reason. Writes nothing."""
-    from .planning.preview import dry_run_campaign
+    from .planning.preview import dry_run_campaign, placeholder_note
 
     c = ctx_of(ctx)
     report = dry_run_campaign(
         c.engine, c.config, _campaign(c, campaign), c.at(at), limit=limit, render=not no_render
     )
+    note = placeholder_note(c.config)
+    if note and not no_render:
+        err.print(f"note: {note}", markup=False)
     if as_json:
         print_json(report.to_json())
         return
@@ -258,6 +261,7 @@ def send_cmd(
     c = ctx_of(ctx)
     camp = _campaign(c, campaign)
     when = c.at(at)
+    c.config.require_sending_secrets("engage send")  # before asking, and before planning
     if not yes:
         if not sys.stdin.isatty():
             raise EngageError("refusing to send without confirmation: pass --yes")
@@ -292,12 +296,15 @@ def preview_cmd(
     """Render the exact message a customer would get, and say whether they would get it."""
     from dataclasses import asdict
 
-    from .planning.preview import preview_message
+    from .planning.preview import placeholder_note, preview_message
 
     c = ctx_of(ctx)
     p = preview_message(
         c.engine, c.config, _campaign(c, campaign), customer, c.at(at), channel=channel
     )
+    note = placeholder_note(c.config)
+    if note:
+        err.print(f"note: {note}", markup=False)
     if as_json:
         data = asdict(p)
         data["send_at"] = isoformat_z(p.send_at) if p.send_at else None

@@ -28,6 +28,7 @@ from pydantic import (
 
 from .errors import ConfigError, Problem, ValidationFailed
 from .timeutil import get_zone, parse_duration
+from .unsubscribe import check_secret_key
 from .yamlutil import YamlSyntaxError, load_yaml_file, problems_from_validation
 
 ENV_PREFIX = "ENGAGE_"
@@ -228,6 +229,30 @@ class Config(Strict):
 
     def window_for(self, channel: str) -> Window:
         return getattr(self.send_windows, channel)
+
+    def sending_secrets(self) -> list[str]:
+        """The environment variables sending needs with these channels."""
+        names = ["ENGAGE_SECRET_KEY"]  # signs the unsubscribe link of every message
+        if self.channels.email == "sendgrid":
+            names.append("SENDGRID_API_KEY")
+        if self.channels.sms == "twilio":
+            names += ["TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN"]
+        return names
+
+    def require_sending_secrets(self, who: str) -> None:
+        """One ConfigError naming every missing or unusable secret ``who`` needs to send."""
+        missing = [n for n in self.sending_secrets() if not self.secrets.get(n)]
+        problems = []
+        if missing:
+            problems.append(f"set {', '.join(missing)} in the environment")
+        key = self.secrets.get("ENGAGE_SECRET_KEY")
+        if key:
+            try:
+                check_secret_key(key)
+            except ConfigError as exc:
+                problems.append(str(exc))
+        if problems:
+            raise ConfigError(f"{who}: {'; '.join(problems)} (nothing was planned or sent)")
 
     def secret(self, name: str) -> str:
         """A secret from the environment, or a ConfigError naming the variable."""

@@ -394,6 +394,7 @@ class Daemon:
             )
             new = new.model_copy(update={"database_url": self.config.database_url})
         try:
+            new.require_sending_secrets("the new config.yaml")
             channels = build_channels(new)
         except ConfigError as exc:
             log.error(f"config not reloaded: {exc}", extra={"event": "config_invalid"})
@@ -539,7 +540,9 @@ class Daemon:
 
 
 def open_daemon(config: Config, engine: Engine, config_path: Path | None) -> tuple[Daemon, Any]:
-    """Check the schema, take the SQLite lock, build the Daemon; returns (daemon, lock)."""
+    """Check secrets and the schema, take the SQLite lock, build the Daemon; returns
+    (daemon, lock)."""
+    config.require_sending_secrets("engage run")
     check_schema(engine)
     lock = DaemonLock.for_engine(engine)
     try:

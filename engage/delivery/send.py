@@ -52,9 +52,10 @@ def send_occurrence(
 
     Messages whose send window opens later stay ``planned`` for the daemon.
     ``now`` (the wall clock, default ``at``) records when engage first saw the
-    campaign. A failed planning is recorded on the occurrence's row
-    (``PlanningFailed``).
+    campaign. Missing secrets fail here, before anything is planned; a
+    failed planning is recorded on the occurrence's row (``PlanningFailed``).
     """
+    config.require_sending_secrets("engage send")
     channels_ready = build_channels(config)  # fail on missing secrets before planning
     for ch in channels_ready.values():
         ch.close()

@@ -36,6 +36,9 @@ SMS = "sms.j2"
 CHANNEL_FILES: dict[str, tuple[str, ...]] = {"email": (SUBJECT, HTML), "sms": (SMS,)}
 _FOLDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _WS = re.compile(r"\s+")
+# In unsubscribe links rendered without ENGAGE_SECRET_KEY (previews, dry runs):
+# plainly not a token, so nobody mistakes such a link for a working one.
+PLACEHOLDER_TOKEN = "UNSIGNED-PREVIEW-set-ENGAGE_SECRET_KEY"
 
 
 @dataclass(frozen=True)
@@ -108,15 +111,21 @@ class Renderer:
         *,
         secret_key: str | None = None,
         sources: Mapping[str, str] | None = None,
+        placeholder_links: bool = False,
     ):
         """``sources`` (name -> text) stands in for the templates folder: a copy
-        of another Renderer's snapshot (see ``Snapshot.sources``)."""
+        of another Renderer's snapshot (see ``Snapshot.sources``).
+
+        ``placeholder_links``: render unsubscribe links with ``PLACEHOLDER_TOKEN``
+        instead of a signed token (previews and dry runs without
+        ``ENGAGE_SECRET_KEY``); such a renderer must never be used to send."""
         self.config = config
         self.root = config.templates_path
         self.shown_root = Path(config.templates_dir).as_posix().rstrip("/") or "templates"
         self._secret = (
             secret_key if secret_key is not None else config.secrets.get("ENGAGE_SECRET_KEY")
         )
+        self.placeholder_links = placeholder_links
         self._sources = sources
         self._lock = threading.Lock()
         self._snap = self._fresh_snapshot()
@@ -173,7 +182,10 @@ class Renderer:
         return check_snapshot(self, self._fresh_snapshot(), campaigns, now=now, sample=sample)
 
     # -- rendering --------------------------------------------------------
-    def _secret_key(self) -> str:
+    def _secret_key(self) -> str | None:
+        """The signing key; None for placeholder links."""
+        if self.placeholder_links:
+            return None
         if self._secret is None:
             return self.config.secret("ENGAGE_SECRET_KEY")  # raises ConfigError naming the variable
         return self._secret
@@ -185,15 +197,20 @@ class Renderer:
         recipient: Recipient,
         now: datetime,
         channel: str,
-        secret: str,
+        secret: str | None,
     ) -> dict[str, Any]:
         """The render context plus the environment's globals, built once per message.
 
         The token (three HMACs) is made once and shared by every part of the
         message; the merged dict is passed to each template as a *shared*
         context (see ``_render``), so Jinja does not copy it per template.
+        Without a secret the link carries ``PLACEHOLDER_TOKEN``.
         """
-        token = make_token(secret, recipient.customer_id, channel, info.name)
+        token = (
+            make_token(secret, recipient.customer_id, channel, info.name)
+            if secret is not None
+            else PLACEHOLDER_TOKEN
+        )
         url = unsubscribe_url(self.config.public_url, token)
         ctx = dict(snap.env.globals)
         ctx.update(build_context(self.config, info, recipient, now, url))
@@ -258,7 +275,7 @@ class Renderer:
         info: CampaignInfo,
         recipient: Recipient,
         now: datetime,
-        secret: str,
+        secret: str | None,
         message_ref: str | None = None,
     ) -> RenderedEmail:
         self._require(snap, template, "email")
@@ -285,7 +302,7 @@ class Renderer:
         info: CampaignInfo,
         recipient: Recipient,
         now: datetime,
-        secret: str,
+        secret: str | None,
     ) -> RenderedSms:
         self._require(snap, template, "sms")
         ctx = self._context(snap, info, recipient, now, "sms", secret)
