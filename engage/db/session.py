@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import SingletonThreadPool, StaticPool
 
@@ -85,19 +85,45 @@ def get_engine(url: str) -> Engine:
     return _ENGINES[key]
 
 
+def unusable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database itself cannot be used (it could not be
+    connected to or opened, the connection broke, engage's tables are missing)
+    rather than that one statement failed: no caller can work around that one
+    campaign at a time."""
+    if not isinstance(exc, DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    if isinstance(exc, OperationalError) and exc.statement is None:
+        return True
+    return _schema_problem(_first_line(exc).lower())
+
+
+def _first_line(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    lines = [ln.strip() for ln in str(orig).splitlines() if ln.strip()]
+    return lines[0] if lines else type(orig).__name__
+
+
+def _schema_problem(low: str) -> bool:
+    return (
+        "no such table" in low
+        or "no such column" in low
+        or ("does not exist" in low and ("relation" in low or "column" in low))
+    )
+
+
 def explain_db_error(exc: BaseException, url: str | None) -> str:
     """One line saying what is wrong with the database behind ``url``, for a
     SQLAlchemy error that reached the edge (the CLI): it cannot be reached,
     opened or written, or it lacks engage's tables; the driver's own message
     otherwise. Never the SQL statement, never a password."""
-    orig = getattr(exc, "orig", None) or exc
-    lines = [ln.strip() for ln in str(orig).splitlines() if ln.strip()]
-    text = lines[0] if lines else type(orig).__name__
+    text = _first_line(exc)
     low = text.lower()
     parsed = None
     if url:
         try:
-            parsed = make_url(normalize_url(url))
+            parsed = make_url(url)  # as the user wrote it (postgres://, no +psycopg)
         except ArgumentError:
             parsed = None
     sqlite = parsed is not None and parsed.get_backend_name() == "sqlite"
@@ -108,11 +134,7 @@ def explain_db_error(exc: BaseException, url: str | None) -> str:
         if parsed is not None
         else "the database"
     )
-    if (
-        "no such table" in low
-        or "no such column" in low
-        or ("does not exist" in low and ("relation" in low or "column" in low))
-    ):
+    if _schema_problem(low):
         return (
             f"the database {shown} lacks engage's tables or has an older schema ({text}): "
             "run `engage db upgrade`"

@@ -14,6 +14,7 @@ from ..campaigns.audience import count_audience
 from ..campaigns.cron import occurrences
 from ..campaigns.schema import Campaign
 from ..config import Config
+from ..db.session import unusable
 from ..errors import describe
 from ..timeutil import get_zone, isoformat_z
 
@@ -67,6 +68,8 @@ def upcoming(
         try:
             entries.extend(_entries(engine, config, campaign, start, end))
         except Exception as exc:
+            if unusable(exc):  # the database, not this campaign
+                raise
             why = describe(exc)
             fields = {"campaign": campaign.name, "reason": why}
             log.info("calendar: campaign left out", extra={"event": "calendar_failed", **fields})

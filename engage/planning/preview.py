@@ -13,7 +13,8 @@ from ..campaigns.audience import expiring_window
 from ..campaigns.schema import Campaign
 from ..config import Config
 from ..customers.recipients import load_recipients
-from ..errors import ConfigError, EngageError, NotFound
+from ..db.session import unusable
+from ..errors import ConfigError, EngageError, NotFound, PlanningFailed, describe
 from ..templating.renderer import PLACEHOLDER_TOKEN, RenderedEmail, RenderedSms, Renderer
 from ..unsubscribe import check_secret_key
 from . import suppressions
@@ -71,9 +72,18 @@ def dry_run_campaign(
     limit: int | None = None,
     render: bool = True,
 ) -> DryRun:
-    """Who would get what and why not, rendering each would-be message; writes nothing."""
+    """Who would get what and why not, rendering each would-be message; writes nothing.
+
+    A campaign the database cannot evaluate raises ``PlanningFailed`` naming it."""
     check = render_check(preview_renderer(config), campaign, as_of) if render else None
-    return dry_run(engine, config, campaign, as_of, limit=limit, check_render=check)
+    try:
+        return dry_run(engine, config, campaign, as_of, limit=limit, check_render=check)
+    except Exception as exc:
+        if isinstance(exc, EngageError) or unusable(exc):
+            raise
+        raise PlanningFailed(
+            f"campaign {campaign.name}: {describe(exc)}", campaign=campaign.name
+        ) from exc
 
 
 @dataclass
