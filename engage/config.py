@@ -148,6 +148,21 @@ class Channels(Strict):
     twilio: TwilioChannel = TwilioChannel()
 
 
+class TemplateCheck(Strict):
+    """The budget of ``engage validate`` and hot reload rendering each template
+    against the sample customer (in a child process, templating/isolation.py)."""
+
+    timeout: Duration = timedelta(seconds=10)  # per template rendered
+    memory_mb: int = Field(512, ge=64, le=65_536)  # above what the check process uses at start
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, timeout: timedelta) -> timedelta:
+        if not timedelta(seconds=1) <= timeout <= timedelta(minutes=10):
+            raise ValueError("must be between 1s and 10m")
+        return timeout
+
+
 class Dispatch(Strict):
     batch_size: int = Field(200, ge=1)
     workers: int = Field(8, ge=1, le=256)
@@ -176,6 +191,10 @@ class Config(Strict):
     frequency_cap: FrequencyCap = FrequencyCap()
     send_windows: SendWindows = SendWindows()
     max_sms_segments: int = Field(3, ge=1, le=10)
+    # Gmail clips an email whose HTML passes 102 KB ("[Message clipped]"), and the
+    # unsubscribe link and postal address at the bottom disappear with the rest.
+    max_email_html_kb: int = Field(100, ge=1, le=10_240)
+    template_check: TemplateCheck = TemplateCheck()
     sms_opt_out_line: str = "Reply STOP to opt out"
     catch_up: Duration = timedelta(hours=6)
     attribution_window: Duration = timedelta(days=7)

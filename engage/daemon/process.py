@@ -198,7 +198,9 @@ class Daemon:
         self.signal_name: str | None = None
         self._load_campaigns(initial=True)
         self.renderer = Renderer(config)
-        for problem in self.renderer.check(self.campaigns.values()):
+        # Checked in a child process within the time and memory budget; a template
+        # over it is quarantined (its messages fail fast) so dispatch never jams.
+        for problem in self.renderer.reload(self.campaigns.values(), initial=True):
             self._problem(problem, "template_problem")
         self.dispatcher = self._make_dispatcher(config, build_channels(config), self.renderer)
         self._seen = self._watch_state()
@@ -369,10 +371,11 @@ class Daemon:
                 problems = self.renderer.reload(self.campaigns.values())
                 for problem in problems:
                     self._problem(problem, "template_problem")
-                if any(p.severity == "error" for p in problems):
+                errors = [p for p in problems if p.severity == "error"]
+                if errors:
                     log.error(
                         "template errors: the last good templates keep running",
-                        extra={"event": "templates_kept"},
+                        extra={"event": "templates_kept", "reason": str(errors[0])},
                     )
                 else:
                     log.info("templates reloaded", extra={"event": "templates_reloaded"})
