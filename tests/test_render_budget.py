@@ -127,7 +127,12 @@ def _project(tmp_path: Path) -> Path:
     engage("init", "proj", cwd=tmp_path)
     proj = tmp_path / "proj"
     config = proj / "config.yaml"
-    config.write_text(config.read_text() + "\ntemplate_check: {timeout: 1s, memory_mb: 128}\n")
+    text = config.read_text().replace(
+        "template_check: {timeout: 10s, memory_mb: 512}",
+        "template_check: {timeout: 1s, memory_mb: 128}",
+    )
+    assert "timeout: 1s" in text
+    config.write_text(text)
     return proj
 
 
