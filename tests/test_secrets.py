@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from engage.db import make_engine
+from engage.config import load_config
+from engage.db import make_engine, upgrade
 from engage.db.models import CampaignRun, Message
+from engage.ingest import import_file
 
 from .helpers import SECRET
 from .installed import clean_env, engage, one_line_error
@@ -29,11 +31,13 @@ PLACEHOLDER = "/u/UNSIGNED-PREVIEW-set-ENGAGE_SECRET_KEY"
 def shop(tmp_path: Path, db_url: str) -> tuple[Path, str]:
     engage("init", "proj", cwd=tmp_path)
     proj = tmp_path / "proj"
-    env = clean_env(ENGAGE_DATABASE_URL=db_url)
-    engage("db", "upgrade", cwd=proj, env=env)
+    engine = make_engine(db_url)
+    upgrade(engine)
+    config = load_config(proj / "config.yaml", environ={})
     for kind, text in (("customers", CUSTOMERS), ("interactions", INTERACTIONS), ("points", POINTS)):
         (proj / f"{kind}.csv").write_text(text)
-        engage("import", kind, f"{kind}.csv", cwd=proj, env=env)
+        assert import_file(engine, config, kind, str(proj / f"{kind}.csv")).rejected == 0
+    engine.dispose()
     return proj, db_url
 
 
