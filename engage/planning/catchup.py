@@ -98,10 +98,12 @@ def find_due(
     found = list(occurrences(campaign, start, now + _TICK))
     if found and now - found[-1] <= catch_up:
         due.plan.append(found.pop())
+    if first_seen is not None:
+        found = [t for t in found if t >= first_seen]
     if len(found) > MAX_MISSED_ROWS:
         due.missed_beyond_cap = len(found) - MAX_MISSED_ROWS
         found = found[-MAX_MISSED_ROWS:]
-    due.missed = [t for t in found if first_seen is None or t >= first_seen]
+    due.missed = found
     resumable = or_(
         R.c.state == "planning",  # a process died while planning it
         and_(R.c.state == "failed", R.c.finished_at <= now - RETRY_FAILED_AFTER),
