@@ -18,8 +18,8 @@ from rich.console import Console
 from sqlalchemy import Engine
 
 from .config import Config, load_config
-from .errors import EngageError
-from .timeutil import isoformat_z, parse_instant, utcnow
+from .errors import EngageError, describe
+from .timeutil import isoformat_z, parse_at, utcnow
 
 app = typer.Typer(
     help="engage: reach the right customer at the right moment, with campaigns as code.",
@@ -63,7 +63,7 @@ class Ctx:
         if not when:
             return utcnow()
         try:
-            return parse_instant(when, self.config.zone)
+            return parse_at(when, self.config.zone)
         except ValueError as exc:
             raise EngageError(f"--at: {exc}") from None
 
@@ -92,6 +92,7 @@ def _main(
     ] = None,
 ) -> None:
     ctx.obj = Ctx(config_path=config)
+    _invocation[:] = [ctx.obj]
 
 
 @db_app.command("upgrade")
@@ -219,12 +220,15 @@ def dry_run_cmd(
     ] = False,
 ) -> None:
     """Who would get what and why not, with counts per reason. Writes nothing."""
-    from .planning.preview import dry_run_campaign
+    from .planning.preview import dry_run_campaign, placeholder_note
 
     c = ctx_of(ctx)
     report = dry_run_campaign(
         c.engine, c.config, _campaign(c, campaign), c.at(at), limit=limit, render=not no_render
     )
+    note = placeholder_note(c.config)
+    if note and not no_render:
+        err.print(f"note: {note}", markup=False)
     if as_json:
         print_json(report.to_json())
         return
@@ -257,6 +261,7 @@ def send_cmd(
     c = ctx_of(ctx)
     camp = _campaign(c, campaign)
     when = c.at(at)
+    c.config.require_sending_secrets("engage send")  # before asking, and before planning
     if not yes:
         if not sys.stdin.isatty():
             raise EngageError("refusing to send without confirmation: pass --yes")
@@ -265,7 +270,7 @@ def send_cmd(
             f"sms={c.config.channels.sms}?",
             abort=True,
         )
-    report = send_occurrence(c.engine, c.config, camp, when)
+    report = send_occurrence(c.engine, c.config, camp, when, now=utcnow())
     plan = report.plan
     if plan.already_planned:
         out.print(f"{camp.name} at {_ts(plan.scheduled_at)} was already planned: nothing new")
@@ -291,12 +296,15 @@ def preview_cmd(
     """Render the exact message a customer would get, and say whether they would get it."""
     from dataclasses import asdict
 
-    from .planning.preview import preview_message
+    from .planning.preview import placeholder_note, preview_message
 
     c = ctx_of(ctx)
     p = preview_message(
         c.engine, c.config, _campaign(c, campaign), customer, c.at(at), channel=channel
     )
+    note = placeholder_note(c.config)
+    if note:
+        err.print(f"note: {note}", markup=False)
     if as_json:
         data = asdict(p)
         data["send_at"] = isoformat_z(p.send_at) if p.send_at else None
@@ -323,21 +331,34 @@ def calendar_cmd(
     at: AtOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Upcoming occurrences of every enabled campaign with estimated audience sizes."""
-    from .campaigns.loader import load_campaigns
+    """Upcoming occurrences of every enabled campaign with estimated audience sizes.
+
+    A campaign file with errors, or a campaign whose audience cannot be
+    computed, is reported on stderr (exit status 1); the others are listed.
+    """
+    from .campaigns.loader import collect_campaigns
     from .planning.calendar import upcoming
 
     c = ctx_of(ctx)
-    entries = upcoming(c.engine, c.config, load_campaigns(c.config), c.at(at), days)
+    when = c.at(at)
+    loaded = collect_campaigns(c.config)
+    failed: list[tuple[str, str]] = []
+    entries = upcoming(c.engine, c.config, loaded.campaigns, when, days, errors=failed)
     if as_json:
         print_json([e.to_json() for e in entries])
-        return
-    from rich.table import Table
+    else:
+        from rich.table import Table
 
-    table = Table("when (campaign time)", "UTC", "campaign", "est. audience")
-    for e in entries:
-        table.add_row(_ts(e.local), _ts(e.at), e.campaign, f"{e.estimated_audience:,}")
-    out.print(table if entries else f"no occurrences in the next {days} days")
+        table = Table("when (campaign time)", "UTC", "campaign", "est. audience")
+        for e in entries:
+            table.add_row(_ts(e.local), _ts(e.at), e.campaign, f"{e.estimated_audience:,}")
+        out.print(table if entries else f"no occurrences in the next {days} days")
+    for problem in loaded.errors:
+        err.print(f"error: {problem}", markup=False)
+    for name, why in failed:
+        err.print(f"error: campaign {name} left out: {why}", markup=False)
+    if loaded.errors or failed:
+        raise typer.Exit(1)
 
 
 @app.command("customer")
@@ -706,7 +727,15 @@ def run_cmd(
     daemon, lock = open_daemon(c.config, c.engine, c.config_path)
     try:
         if once:
-            out.print(daemon.run_once().summary(), markup=False)
+            report = daemon.run_once()
+            out.print(report.summary(), markup=False)
+            if report.problems:
+                n = len({p.path for p in report.problems})
+                err.print(f"error: {n} campaign file(s) with errors were skipped (logged above)")
+            for failure in report.failures:
+                err.print(f"error: {failure}", markup=False)
+            if not report.ok:
+                raise typer.Exit(1)
             return
         code = daemon.run_forever()
     finally:
@@ -800,6 +829,9 @@ def status_cmd(ctx: typer.Context, as_json: JsonOption = False) -> None:
     out.print(table)
     counts = ", ".join(f"{k}: {v:,}" for k, v in sorted(st.outbox.items()))
     out.print(f"outbox: {counts or 'empty'}", markup=False)
+    for cs in st.campaigns:
+        if cs.error:
+            out.print(f"failed: {cs.name}: {cs.error}", markup=False)
     for name, at in st.missed:
         out.print(f"missed: {name} at {_ts(at)}", markup=False)
     if st.missed_total > len(st.missed):
@@ -816,8 +848,54 @@ def status_cmd(ctx: typer.Context, as_json: JsonOption = False) -> None:
         err.print(problem, markup=False)
 
 
+_invocation: list[Ctx] = []  # this process's Ctx, for the error messages of main()
+
+
+def _db_url() -> str | None:
+    """The database URL of this invocation, if its config could be read."""
+    if not _invocation:
+        return None
+    try:
+        return _invocation[0].config.db_url
+    except Exception:
+        return None
+
+
+def _one_line(exc: BaseException) -> str:
+    """What ``main`` prints for an exception no command handled itself."""
+    from sqlalchemy.exc import DBAPIError
+
+    if isinstance(exc, DBAPIError):  # the database: unreachable, missing, read-only, no tables
+        from .db.session import explain_db_error
+
+        return explain_db_error(exc, _db_url())
+    if isinstance(exc, OSError) and exc.strerror:  # a folder or file engage cannot use
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror}{where}"
+    return f"{describe(exc)} (unexpected: set ENGAGE_DEBUG=1 to see where)"
+
+
+def _cli_logging() -> None:
+    """Warnings and errors of the library, one line each on stderr (never a traceback)."""
+    import os
+
+    from .config import SECRET_VARS
+    from .logs import setup_logging
+
+    secrets = [os.environ.get(name, "") for name in SECRET_VARS]
+    setup_logging("text", level="WARNING", secrets=secrets, tracebacks=False)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point: exit 0 ok, 1 user error, 2 usage error."""
+    """Console-script entry point: exit 0 ok, 1 user error, 2 usage error.
+
+    Every failure is one line on stderr: engage's own errors say what to do,
+    database and file-system errors say which database or file, anything
+    else names the exception (``ENGAGE_DEBUG=1`` shows the traceback).
+    """
+    import os
+
+    _cli_logging()  # `engage run` sets up its own logging
     try:
         # Without standalone mode, click returns a command's typer.Exit code.
         code = app(args=argv, prog_name="engage", standalone_mode=False)
@@ -839,4 +917,9 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)
+    except Exception as exc:
+        if os.environ.get("ENGAGE_DEBUG"):
+            raise
+        err.print(f"error: {_one_line(exc)}", markup=False)
+        sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)

@@ -28,9 +28,11 @@ from pydantic import (
 
 from .errors import ConfigError, Problem, ValidationFailed
 from .timeutil import get_zone, parse_duration
+from .unsubscribe import check_secret_key
 from .yamlutil import YamlSyntaxError, load_yaml_file, problems_from_validation
 
 ENV_PREFIX = "ENGAGE_"
+MAX_CATCH_UP = timedelta(days=30)
 SECRET_VARS = (
     "SENDGRID_API_KEY",
     "TWILIO_ACCOUNT_SID",
@@ -148,6 +150,21 @@ class Channels(Strict):
     twilio: TwilioChannel = TwilioChannel()
 
 
+class TemplateCheck(Strict):
+    """The budget of ``engage validate`` and hot reload rendering each template
+    against the sample customer (in a child process, templating/isolation.py)."""
+
+    timeout: Duration = timedelta(seconds=10)  # per template rendered
+    memory_mb: int = Field(512, ge=64, le=65_536)  # above what the check process uses at start
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, timeout: timedelta) -> timedelta:
+        if not timedelta(seconds=1) <= timeout <= timedelta(minutes=10):
+            raise ValueError("must be between 1s and 10m")
+        return timeout
+
+
 class Dispatch(Strict):
     batch_size: int = Field(200, ge=1)
     workers: int = Field(8, ge=1, le=256)
@@ -188,6 +205,10 @@ class Config(Strict):
     frequency_cap: FrequencyCap = FrequencyCap()
     send_windows: SendWindows = SendWindows()
     max_sms_segments: int = Field(3, ge=1, le=10)
+    # Gmail clips an email whose HTML passes 102 KB ("[Message clipped]"), and the
+    # unsubscribe link and postal address at the bottom disappear with the rest.
+    max_email_html_kb: int = Field(100, ge=1, le=10_240)
+    template_check: TemplateCheck = TemplateCheck()
     sms_opt_out_line: str = "Reply STOP to opt out"
     catch_up: Duration = timedelta(hours=6)
     attribution_window: Duration = timedelta(days=7)
@@ -220,6 +241,16 @@ class Config(Strict):
             raise ValueError("the SMS send window must lie within 08:00-21:00 local time")
         return windows
 
+    @field_validator("catch_up")
+    @classmethod
+    def _catch_up_bounded(cls, catch_up: timedelta) -> timedelta:
+        # Catch-up walks every occurrence of the window, on every sweep.
+        if catch_up > MAX_CATCH_UP:
+            raise ValueError(
+                f"at most {MAX_CATCH_UP.days}d: older occurrences are recorded as missed"
+            )
+        return catch_up
+
     @property
     def zone(self) -> ZoneInfo:
         return get_zone(self.timezone)
@@ -240,6 +271,30 @@ class Config(Strict):
 
     def window_for(self, channel: str) -> Window:
         return getattr(self.send_windows, channel)
+
+    def sending_secrets(self) -> list[str]:
+        """The environment variables sending needs with these channels."""
+        names = ["ENGAGE_SECRET_KEY"]  # signs the unsubscribe link of every message
+        if self.channels.email == "sendgrid":
+            names.append("SENDGRID_API_KEY")
+        if self.channels.sms == "twilio":
+            names += ["TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN"]
+        return names
+
+    def require_sending_secrets(self, who: str) -> None:
+        """One ConfigError naming every missing or unusable secret ``who`` needs to send."""
+        missing = [n for n in self.sending_secrets() if not self.secrets.get(n)]
+        problems = []
+        if missing:
+            problems.append(f"set {', '.join(missing)} in the environment")
+        key = self.secrets.get("ENGAGE_SECRET_KEY")
+        if key:
+            try:
+                check_secret_key(key)
+            except ConfigError as exc:
+                problems.append(str(exc))
+        if problems:
+            raise ConfigError(f"{who}: {'; '.join(problems)} (nothing was planned or sent)")
 
     def secret(self, name: str) -> str:
         """A secret from the environment, or a ConfigError naming the variable."""

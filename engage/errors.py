@@ -46,6 +46,14 @@ class ConfigError(EngageError):
     """config.yaml or the environment is wrong."""
 
 
+class PlanningFailed(EngageError):
+    """Planning one campaign failed; the others go on. ``campaign`` names it."""
+
+    def __init__(self, message: str, *, campaign: str | None = None):
+        super().__init__(message)
+        self.campaign = campaign
+
+
 class NotFound(EngageError):
     """A named thing (campaign, customer, message) does not exist."""
 
@@ -79,3 +87,23 @@ class PermanentSendError(SendError):
     ):
         super().__init__(message, code=code)
         self.suppress_reason = suppress_reason
+
+
+def describe(exc: BaseException, limit: int = 500) -> str:
+    """One line saying what went wrong, for a log field, a status column or a
+    CLI message: the message of an engage error, ``Type: message`` otherwise.
+
+    A database error names the driver's own exception (``exc.orig``) rather
+    than SQLAlchemy's wrapper, whose text carries the whole statement and its
+    parameters.
+    """
+    if isinstance(exc, EngageError):
+        base: BaseException = exc
+    else:
+        orig = getattr(exc, "orig", None)
+        base = orig if isinstance(orig, BaseException) else exc
+    lines = [line.strip() for line in str(base).splitlines() if line.strip()]
+    text = lines[0] if lines else ""
+    if not isinstance(base, EngageError):
+        text = f"{type(base).__name__}: {text}" if text else type(base).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -23,6 +23,8 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from .errors import describe
+
 __all__ = ["JsonFormatter", "TextFormatter", "inherit", "inherited", "mask_pii", "setup_logging"]
 
 _EMAIL = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)")
@@ -82,9 +84,10 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
 
 
 class _Base(logging.Formatter):
-    def __init__(self, *, mask: bool = True, secrets: Iterable[str] = ()):
+    def __init__(self, *, mask: bool = True, secrets: Iterable[str] = (), tracebacks: bool = True):
         super().__init__()
         self.scrub = _Scrubber(mask, secrets)
+        self.tracebacks = tracebacks
 
     def parts(self, record: logging.LogRecord) -> tuple[str, str, str, dict[str, Any]]:
         """(ts, level, event, fields); ``msg`` is a field when it says more than the event."""
@@ -95,7 +98,12 @@ class _Base(logging.Formatter):
         if message != event:
             fields["msg"] = message
         if record.exc_info:
-            fields["error"] = self.formatException(record.exc_info)
+            exc = record.exc_info[1]
+            fields["error"] = (
+                self.formatException(record.exc_info)
+                if self.tracebacks or exc is None
+                else describe(exc)
+            )
         if record.name and not record.name.startswith("engage"):
             fields.setdefault("logger", record.name)
         return ts, record.levelname, self.scrub.text(str(event)), self.scrub.value(fields)
@@ -133,25 +141,44 @@ def setup_logging(
     mask: bool = True,
     secrets: Iterable[str] = (),
     stream: TextIO | None = None,
+    tracebacks: bool = True,
 ) -> logging.Handler:
     """Route every log record to ``stream`` (stderr) in ``fmt`` (``json`` or ``text``).
 
     Replaces handlers on the root logger, so calling it twice is harmless.
-    APScheduler's per-job and Alembic's chatter is kept at WARNING.
+    Third-party chatter (APScheduler's per-job lines, Alembic) is kept at
+    WARNING, and so is the Twilio SDK's unless ``level`` is DEBUG (see
+    ``quiet_libraries``). ``tracebacks=False`` shortens
+    an exception attached to a record to one ``Type: message`` line.
     """
     if fmt not in ("json", "text"):
         raise ValueError(f"log format must be json or text, not {fmt!r}")
     handler = logging.StreamHandler(stream or sys.stderr)
     formatter = JsonFormatter if fmt == "json" else TextFormatter
-    handler.setFormatter(formatter(mask=mask, secrets=secrets))
+    handler.setFormatter(formatter(mask=mask, secrets=secrets, tracebacks=tracebacks))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper() if isinstance(level, str) else level)
-    for chatty in ("apscheduler", "alembic"):
-        logging.getLogger(chatty).setLevel(logging.WARNING)
+    quiet_libraries(root.level)
     return handler
+
+
+QUIET_LIBRARIES = ("apscheduler", "alembic")  # always at WARNING
+# The Twilio SDK logs each request and response at INFO (11 lines per SMS,
+# with the message body): only with --log-level debug.
+DEBUG_ONLY_LIBRARIES = ("twilio.http_client",)
+
+
+def quiet_libraries(level: int) -> None:
+    """Set third-party loggers to WARNING (Twilio's: unless ``level`` is DEBUG)."""
+    for name in QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for name in DEBUG_ONLY_LIBRARIES:
+        logging.getLogger(name).setLevel(
+            logging.NOTSET if level <= logging.DEBUG else logging.WARNING
+        )
 
 
 def inherited() -> tuple[logging.Formatter | None, int]:
@@ -168,6 +195,7 @@ def inherit(formatter: logging.Formatter | None, level: int) -> None:
     """In a child process: log to stderr as the parent does (see ``inherited``)."""
     root = logging.getLogger()
     root.setLevel(level)
+    quiet_libraries(level)
     if formatter is not None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(formatter)

@@ -12,6 +12,18 @@ _ISO = re.compile(
     r"(?:T(?:(?P<h>\d+)H)?(?:(?P<m>\d+)M)?(?:(?P<s>\d+)S)?)?$"
 )
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+# Bounds on what campaign files, config and ``--at`` may ask for. Everything
+# engage computes from them (as_of - quiet_for, a calendar's last day, the
+# day after a schedule's end) then stays far inside what datetime can hold,
+# so a typo such as ``quiet_for: 100000000d`` is a validation error at its
+# line, never an OverflowError in the middle of planning.
+MAX_DURATION = timedelta(days=36500)  # 100 years
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)  # exclusive
+EARLIEST_DATE = EARLIEST.date()
+LATEST_DATE = date(2199, 12, 31)
 
 
 def parse_duration(text: str | int | timedelta) -> timedelta:
@@ -25,18 +37,22 @@ def parse_duration(text: str | int | timedelta) -> timedelta:
         raise ValueError(f"expected a duration such as 30d, 12h, 2w or P30D, got {text!r}")
     m = _SHORT.match(text)
     if m:
-        return timedelta(**{_UNITS[m.group(2)]: int(m.group(1))})
+        return _bounded(text, int(m.group(1)) * _SECONDS[m.group(2)])
     m = _ISO.match(text.strip().upper())
     if m and any(m.groupdict().values()):
         parts = {k: int(v) for k, v in m.groupdict().items() if v}
-        return timedelta(
-            weeks=parts.get("w", 0),
-            days=parts.get("d", 0),
-            hours=parts.get("h", 0),
-            minutes=parts.get("m", 0),
-            seconds=parts.get("s", 0),
-        )
+        return _bounded(text, sum(n * _SECONDS[unit] for unit, n in parts.items()))
     raise ValueError(f"not a duration: {text!r} (use 30d, 12h, 2w, 90m or ISO-8601 like P30D)")
+
+
+def _bounded(text: str, seconds: int) -> timedelta:
+    """Whole seconds -> timedelta, refusing more than ``MAX_DURATION``
+    (checked on the integer: ``timedelta`` itself overflows past 999,999,999 days)."""
+    if seconds > MAX_DURATION.total_seconds():
+        raise ValueError(
+            f"duration {text.strip()!r} is too long: at most {MAX_DURATION.days}d (100 years)"
+        )
+    return timedelta(seconds=seconds)
 
 
 def format_duration(td: timedelta) -> str:
@@ -83,13 +99,35 @@ def parse_instant(text: str, default_tz: tzinfo = UTC) -> datetime:
     try:
         if len(raw) == 10 and raw[4] == "-":
             d = date.fromisoformat(raw)
-            return datetime(d.year, d.month, d.day, tzinfo=default_tz).astimezone(UTC)
-        value = datetime.fromisoformat(raw.replace("Z", "+00:00").replace("z", "+00:00"))
+            value = datetime(d.year, d.month, d.day, tzinfo=default_tz)
+        else:
+            value = datetime.fromisoformat(raw.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
         raise ValueError(f"not an ISO-8601 date or datetime: {text!r}") from None
     if value.tzinfo is None:
         value = value.replace(tzinfo=default_tz)
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # 0001-01-01 east of UTC, 9999-12-31 west of it
+        raise ValueError(f"date/time out of range: {text!r}") from None
+
+
+def parse_at(text: str, default_tz: tzinfo = UTC) -> datetime:
+    """``parse_instant`` for an "as of" moment (``--at``), within the supported
+    range: [1970-01-01, 2200-01-01) UTC."""
+    value = parse_instant(text, default_tz)
+    check_instant(value, text)
+    return value
+
+
+def check_instant(value: datetime, shown: str | None = None) -> None:
+    """ValueError unless ``value`` lies in [EARLIEST, LATEST)."""
+    if not EARLIEST <= value < LATEST:
+        what = shown if shown is not None else isoformat_z(value)
+        raise ValueError(
+            f"{what!r} is out of range: engage works with instants from "
+            f"{EARLIEST_DATE} to {LATEST_DATE}"
+        )
 
 
 def to_local(value: datetime, zone: tzinfo) -> datetime:

@@ -92,10 +92,16 @@ class _Keys:
     mac: _Prf
 
 
-def _keys(secret: str | bytes) -> _Keys:
+def check_secret_key(secret: str | bytes) -> None:
+    """ConfigError unless ``secret`` can sign unsubscribe tokens."""
     raw = secret.encode() if isinstance(secret, str) else secret
     if len(raw) < _MIN_SECRET:
         raise ConfigError(f"ENGAGE_SECRET_KEY must be at least {_MIN_SECRET} characters long")
+
+
+def _keys(secret: str | bytes) -> _Keys:
+    raw = secret.encode() if isinstance(secret, str) else secret
+    check_secret_key(raw)
     return _keys_cached(raw)
 
 

@@ -33,7 +33,7 @@ from pydantic import (
 from pydantic.json_schema import SkipJsonSchema
 
 from ..config import Duration, Window, ZoneName
-from ..timeutil import format_duration, parse_duration
+from ..timeutil import EARLIEST_DATE, LATEST_DATE, format_duration, parse_duration
 from .cron import parse_crontab
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,99}$")
@@ -48,15 +48,22 @@ def _positive(value: timedelta) -> timedelta:
 
 
 def _date(value: Any) -> Any:
-    if value is None or isinstance(value, date):
+    day = None
+    if value is None:
         return value
-    if isinstance(value, str):
+    if isinstance(value, date):
+        day = value
+    elif isinstance(value, str):
         try:
             if re.fullmatch(r"\d{4}-\d{2}-\d{2}", value.strip()):
-                return date.fromisoformat(value.strip())
+                day = date.fromisoformat(value.strip())
         except ValueError:
             pass
-    raise ValueError(f"not a date: {value!r} (use YYYY-MM-DD)")
+    if day is None:
+        raise ValueError(f"not a date: {value!r} (use YYYY-MM-DD)")
+    if not EARLIEST_DATE <= day <= LATEST_DATE:
+        raise ValueError(f"{day} is out of range: use a date from {EARLIEST_DATE} to {LATEST_DATE}")
+    return day
 
 
 def _cron(value: Any) -> Any:
@@ -103,11 +110,14 @@ def _reentry(value: Any) -> Any:
     if value in ("once", "after_activity") or isinstance(value, timedelta):
         return value
     try:
-        return _positive(parse_duration(value))
-    except ValueError:
+        duration = parse_duration(value)
+    except ValueError as exc:
+        if "too long" in str(exc):
+            raise
         raise ValueError(
             f"expected once, after_activity or a duration such as 14d, got {value!r}"
         ) from None
+    return _positive(duration)
 
 
 _SCALARS = (str, int, float, bool)

@@ -45,7 +45,7 @@ from ..config import Config, default_config_path, load_config
 from ..delivery.channels import build_channels
 from ..delivery.dispatch import Dispatcher, DispatchStats, default_owner, expire_leases
 from ..delivery.outbox import counts_by_status
-from ..errors import ConfigError, EngageError, Problem
+from ..errors import ConfigError, EngageError, PlanningFailed, Problem, describe
 from ..planning.catchup import plan_due
 from ..planning.planner import PlanResult
 from ..templating.renderer import Renderer
@@ -127,20 +127,28 @@ class OnceReport:
     plans: list[PlanResult] = field(default_factory=list)
     dispatch: DispatchStats = field(default_factory=DispatchStats)
     expired: int = 0
-    problems: list[Problem] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)  # campaign files that did not load
+    failures: list[str] = field(default_factory=list)  # one line per campaign that failed
 
     @property
     def inserted(self) -> int:
         return sum(p.inserted for p in self.plans)
 
+    @property
+    def ok(self) -> bool:
+        return not self.failures and not self.problems
+
     def summary(self) -> str:
         fresh = [p for p in self.plans if not p.already_planned]
         outcomes = ", ".join(f"{k}: {v:,}" for k, v in sorted(self.dispatch.outcomes.items()))
-        return (
+        text = (
             f"planned {len(fresh)} occurrence(s) with {self.inserted:,} new messages; "
             f"dispatched {self.dispatch.claimed:,} ({outcomes or 'nothing due'}); "
             f"{self.expired:,} expired lease(s) marked unknown"
         )
+        if self.failures:
+            text += f"; {len(self.failures)} campaign(s) failed"
+        return text
 
 
 def _fingerprint(*roots: Path) -> tuple[Any, ...]:
@@ -185,11 +193,14 @@ class Daemon:
         self._retired: list[Dispatcher] = []
         self.totals: Counter[str] = Counter()
         self.campaigns: dict[str, Campaign] = {}
+        self.load_errors: list[Problem] = []  # of the last reading of the campaign files
         self.scheduler: Any = None
         self.signal_name: str | None = None
         self._load_campaigns(initial=True)
         self.renderer = Renderer(config)
-        for problem in self.renderer.check(self.campaigns.values()):
+        # Checked in a child process within the time and memory budget; a template
+        # over it is quarantined (its messages fail fast) so dispatch never jams.
+        for problem in self.renderer.reload(self.campaigns.values(), initial=True):
             self._problem(problem, "template_problem")
         self.dispatcher = self._make_dispatcher(config, build_channels(config), self.renderer)
         self._seen = self._watch_state()
@@ -213,6 +224,7 @@ class Daemon:
     def _load_campaigns(self, *, initial: bool = False) -> list[str]:
         """Re-read campaign files; invalid ones keep their last good version. Returns kept."""
         result = collect_campaigns(self.config)
+        self.load_errors = result.errors
         for problem in result.problems:
             self._problem(problem, "campaign_problem")
         fresh = {c.name: c for c in result.campaigns}
@@ -267,7 +279,13 @@ class Daemon:
             campaign = self.campaigns.get(name)
             if not go or campaign is None or not campaign.enabled:
                 return
-            results = plan_due(self.engine, self.config, campaign, utcnow(), guard=self._plan_guard)
+            try:
+                results = plan_due(
+                    self.engine, self.config, campaign, utcnow(), guard=self._plan_guard
+                )
+            except PlanningFailed:  # logged and recorded on its campaign_run row
+                self.totals["occurrences_failed"] += 1
+                return
             self.totals["occurrences_planned"] += sum(not r.already_planned for r in results)
 
     def sweep(self) -> None:
@@ -353,10 +371,11 @@ class Daemon:
                 problems = self.renderer.reload(self.campaigns.values())
                 for problem in problems:
                     self._problem(problem, "template_problem")
-                if any(p.severity == "error" for p in problems):
+                errors = [p for p in problems if p.severity == "error"]
+                if errors:
                     log.error(
                         "template errors: the last good templates keep running",
-                        extra={"event": "templates_kept"},
+                        extra={"event": "templates_kept", "reason": str(errors[0])},
                     )
                 else:
                     log.info("templates reloaded", extra={"event": "templates_reloaded"})
@@ -378,6 +397,7 @@ class Daemon:
             )
             new = new.model_copy(update={"database_url": self.config.database_url})
         try:
+            new.require_sending_secrets("the new config.yaml")
             channels = build_channels(new)
         except ConfigError as exc:
             log.error(f"config not reloaded: {exc}", extra={"event": "config_invalid"})
@@ -409,14 +429,25 @@ class Daemon:
     # -- modes ---------------------------------------------------------------------------
     def run_once(self) -> OnceReport:
         """Expire leases, plan every due occurrence (with catch-up), send what is due."""
-        report = OnceReport()
+        report = OnceReport(problems=list(self.load_errors))
         self.install_signals()
         report.expired = expire_leases(self.engine, utcnow())
         now = utcnow()
         for campaign in self.enabled():
             if self.stop.is_set():
                 break
-            report.plans.extend(plan_due(self.engine, self.config, campaign, now))
+            try:
+                report.plans.extend(plan_due(self.engine, self.config, campaign, now))
+            except Exception as exc:  # one campaign's failure never stops the others
+                if not isinstance(exc, PlanningFailed):  # (plan_due logged those)
+                    fields = {"campaign": campaign.name, "reason": describe(exc)}
+                    log.error("campaign failed", extra={"event": "campaign_failed", **fields})
+                    log.debug("traceback", exc_info=True, extra={"event": "campaign_failed_trace"})
+                report.failures.append(
+                    str(exc)
+                    if isinstance(exc, PlanningFailed)
+                    else f"campaign {campaign.name}: {describe(exc)}"
+                )
         report.dispatch.add(self.dispatcher.run_once())
         self.close()
         return report
@@ -512,7 +543,9 @@ class Daemon:
 
 
 def open_daemon(config: Config, engine: Engine, config_path: Path | None) -> tuple[Daemon, Any]:
-    """Check the schema, take the SQLite lock, build the Daemon; returns (daemon, lock)."""
+    """Check secrets and the schema, take the SQLite lock, build the Daemon; returns
+    (daemon, lock)."""
+    config.require_sending_secrets("engage run")
     check_schema(engine)
     lock = DaemonLock.for_engine(engine)
     try:

@@ -12,15 +12,17 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Engine, Table, delete, func, insert, select, update
+from sqlalchemy import Engine, Table, delete, func, insert, or_, select, update
 
 from ..campaigns.cron import next_occurrence
-from ..db.models import CampaignRun, Worker
+from ..db.models import CampaignRun, CampaignSeen, Worker
 from ..delivery.outbox import counts_by_status
+from ..errors import describe
 from ..timeutil import isoformat_z
 
 R = cast(Table, CampaignRun.__table__)
 W = cast(Table, Worker.__table__)
+S = cast(Table, CampaignSeen.__table__)
 
 LIVE_WITHIN = timedelta(minutes=2)  # heartbeats come every minute
 FORGET_AFTER = timedelta(days=1)  # rows of long-dead workers are pruned
@@ -64,6 +66,7 @@ class CampaignStatus:
     last_state: str | None = None
     last_counts: dict[str, Any] = field(default_factory=dict)
     next_run: datetime | None = None
+    error: str | None = None  # why the last run failed, or why the next one is unknown
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -74,6 +77,7 @@ class CampaignStatus:
             "last_state": self.last_state,
             "last_counts": self.last_counts,
             "next_run": isoformat_z(self.next_run) if self.next_run else None,
+            "error": self.error,
         }
 
 
@@ -137,13 +141,21 @@ def status(
         last = {
             row.campaign: row
             for row in conn.execute(
-                select(R.c.campaign, R.c.scheduled_at, R.c.state, R.c.counts).join(
+                select(R.c.campaign, R.c.scheduled_at, R.c.state, R.c.counts, R.c.error).join(
                     latest,
                     (latest.c.campaign == R.c.campaign) & (latest.c.at == R.c.scheduled_at),
                 )
             )
         }
-        missed_q = select(R.c.campaign, R.c.scheduled_at).where(R.c.state == "missed")
+        # Nothing before engage first saw a campaign counts as missed (see planning/seen.py).
+        missed_q = (
+            select(R.c.campaign, R.c.scheduled_at)
+            .select_from(R.outerjoin(S, S.c.campaign == R.c.campaign))
+            .where(
+                R.c.state == "missed",
+                or_(S.c.first_seen_at.is_(None), R.c.scheduled_at >= S.c.first_seen_at),
+            )
+        )
         missed_total = int(
             conn.execute(select(func.count()).select_from(missed_q.subquery())).scalar_one()
         )
@@ -161,7 +173,10 @@ def status(
     for c in sorted(campaigns, key=lambda c: c.name):
         cs = CampaignStatus(c.name, c.enabled, f"{c.schedule.cron} ({c.schedule.timezone})")
         if c.enabled:
-            cs.next_run = next_occurrence(c, now)
+            try:  # one campaign's trouble shows on its line, never hides the others
+                cs.next_run = next_occurrence(c, now)
+            except Exception as exc:
+                cs.error = f"next run unknown: {describe(exc)}"
         out.append(cs)
     known = {c.name for c in out}
     out.extend(
@@ -172,6 +187,8 @@ def status(
         if row is not None:
             cs.last_run, cs.last_state = row.scheduled_at, row.state
             cs.last_counts = dict(row.counts or {})
+            if row.state == "failed" and cs.error is None:
+                cs.error = row.error
     return Status(
         now=now,
         campaigns=out,

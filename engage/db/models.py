@@ -216,6 +216,17 @@ class CampaignRun(Base):
     counts: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=_now)
     finished_at: Mapped[datetime | None]
+    # Why planning failed (state ``failed``): one line, no traceback.
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class CampaignSeen(Base):
+    """When engage first saw a campaign: nothing before it can have been missed."""
+
+    __tablename__ = "campaign_seen"
+
+    campaign: Mapped[str] = mapped_column(String(100), primary_key=True)
+    first_seen_at: Mapped[datetime]
 
 
 class Message(Base):

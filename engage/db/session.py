@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import SingletonThreadPool, StaticPool
 
@@ -83,6 +83,83 @@ def get_engine(url: str) -> Engine:
     if key not in _ENGINES:
         _ENGINES[key] = make_engine(key)
     return _ENGINES[key]
+
+
+def unusable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database itself cannot be used (it could not be
+    connected to or opened, the connection broke, engage's tables are missing)
+    rather than that one statement failed: no caller can work around that one
+    campaign at a time."""
+    if not isinstance(exc, DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    if isinstance(exc, OperationalError) and exc.statement is None:
+        return True
+    return _schema_problem(_first_line(exc).lower())
+
+
+def _first_line(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    lines = [ln.strip() for ln in str(orig).splitlines() if ln.strip()]
+    return lines[0] if lines else type(orig).__name__
+
+
+def _schema_problem(low: str) -> bool:
+    return (
+        "no such table" in low
+        or "no such column" in low
+        or ("does not exist" in low and ("relation" in low or "column" in low))
+    )
+
+
+def explain_db_error(exc: BaseException, url: str | None) -> str:
+    """One line saying what is wrong with the database behind ``url``, for a
+    SQLAlchemy error that reached the edge (the CLI): it cannot be reached,
+    opened or written, or it lacks engage's tables; the driver's own message
+    otherwise. Never the SQL statement, never a password."""
+    text = _first_line(exc)
+    low = text.lower()
+    parsed = None
+    if url:
+        try:
+            parsed = make_url(url)  # as the user wrote it (postgres://, no +psycopg)
+        except ArgumentError:
+            parsed = None
+    sqlite = parsed is not None and parsed.get_backend_name() == "sqlite"
+    shown = (
+        (parsed.database or "(in memory)")
+        if sqlite and parsed is not None
+        else parsed.render_as_string(hide_password=True)
+        if parsed is not None
+        else "the database"
+    )
+    if _schema_problem(low):
+        return (
+            f"the database {shown} lacks engage's tables or has an older schema ({text}): "
+            "run `engage db upgrade`"
+        )
+    if sqlite:
+        if "unable to open" in low:
+            return (
+                f"cannot open the SQLite database {shown}: {text} "
+                "(does its folder exist, and may engage write in it?)"
+            )
+        if "readonly" in low or "read-only" in low:
+            return (
+                f"cannot write the SQLite database {shown}: it or its folder is read-only ({text})"
+            )
+        if "locked" in low:
+            return f"the SQLite database {shown} is locked by another process ({text})"
+        return f"SQLite database {shown}: {text}"
+    if text.startswith("connection failed: "):
+        text = text[len("connection failed: ") :]
+    if "FATAL:" in text:
+        text = text.split("FATAL:", 1)[1].strip()
+    connecting = isinstance(exc, OperationalError) and getattr(exc, "statement", None) is None
+    if connecting:
+        return f"cannot connect to the database {shown}: {text}"
+    return f"database error on {shown}: {text}"
 
 
 def dispose_engines() -> None:

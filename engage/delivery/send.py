@@ -12,7 +12,8 @@ from sqlalchemy import Engine
 
 from ..campaigns.schema import Campaign
 from ..config import Config
-from ..planning.planner import PlanResult, plan_occurrence
+from ..planning.planner import PlanResult
+from ..planning.seen import first_seen, plan_or_record
 from ..templating.renderer import Renderer
 from .channels import build_channels
 from .dispatch import Dispatcher, DispatchStats
@@ -39,15 +40,27 @@ class SendReport:
     waiting: int  # planned for later: outside the customers' send windows
 
 
-def send_occurrence(engine: Engine, config: Config, campaign: Campaign, at: datetime) -> SendReport:
+def send_occurrence(
+    engine: Engine,
+    config: Config,
+    campaign: Campaign,
+    at: datetime,
+    *,
+    now: datetime | None = None,
+) -> SendReport:
     """Plan one occurrence at ``at`` and deliver what is due by then.
 
     Messages whose send window opens later stay ``planned`` for the daemon.
+    ``now`` (the wall clock, default ``at``) records when engage first saw the
+    campaign. Missing secrets fail here, before anything is planned; a
+    failed planning is recorded on the occurrence's row (``PlanningFailed``).
     """
+    config.require_sending_secrets("engage send")
     channels_ready = build_channels(config)  # fail on missing secrets before planning
     for ch in channels_ready.values():
         ch.close()
-    plan = plan_occurrence(engine, config, campaign, at, now=at)
+    first_seen(engine, campaign.name, now or at)
+    plan = plan_or_record(engine, config, campaign, at, now=at)
     dispatcher = make_dispatcher(engine, config, lambda: {campaign.name: campaign})
     try:
         stats = dispatcher.run_once(at, campaign=campaign.name)

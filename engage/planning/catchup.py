@@ -12,10 +12,14 @@ campaign's last recorded one (``campaign_run``) up to ``now``:
 * every earlier occurrence without a row is recorded as ``missed`` (counts
   empty) and logged, so ``engage status`` can show what did not go out;
 * an occurrence left ``planning`` by a process that died is resumed
-  (planning is idempotent: the unique run row and message dedupe keys).
+  (planning is idempotent: the unique run row and message dedupe keys), and
+  one whose planning failed (``failed``) is tried again after
+  ``RETRY_FAILED_AFTER``, both while within ``catch_up``.
 
 A campaign with no row at all (new, or a fresh database) only looks back
-``catch_up``: there is nothing to have missed before it existed. Otherwise
+``catch_up``, and no occurrence from before engage first saw the campaign
+(``seen.first_seen``) is ever recorded as missed: there is nothing to have
+missed before it existed. Otherwise
 the look-back is bounded by ``MAX_LOOKBACK`` so a long outage of an
 every-minute campaign stays a bounded amount of bookkeeping.
 
@@ -38,20 +42,23 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Connection, Engine, Table, func, select, text
+from sqlalchemy import Connection, Engine, Table, and_, func, or_, select, text
 
 from ..campaigns.cron import occurrences
 from ..config import Config
 from ..db.bulk import insert_ignore
 from ..db.models import CampaignRun
+from ..errors import PlanningFailed
 from ..timeutil import ensure_utc
-from .planner import PlanResult, plan_occurrence
+from .planner import PlanResult
+from .seen import first_seen, plan_or_record
 
 log = logging.getLogger(__name__)
 R = cast(Table, CampaignRun.__table__)
 
 MAX_LOOKBACK = timedelta(days=7)
 MAX_MISSED_ROWS = 500  # per campaign and call; older ones are only counted in the log
+RETRY_FAILED_AFTER = timedelta(minutes=5)  # a failed occurrence is tried again after this
 _TICK = timedelta(microseconds=1)
 
 
@@ -65,8 +72,17 @@ class Due:
     missed_beyond_cap: int = 0
 
 
-def find_due(conn: Connection, campaign: Any, now: datetime, catch_up: timedelta) -> Due:
-    """Occurrences of ``campaign`` to plan and to record as missed at ``now`` (reads only)."""
+def find_due(
+    conn: Connection,
+    campaign: Any,
+    now: datetime,
+    catch_up: timedelta,
+    first_seen: datetime | None = None,
+) -> Due:
+    """Occurrences of ``campaign`` to plan and to record as missed at ``now`` (reads only).
+
+    Nothing before ``first_seen`` (when engage first saw the campaign, see
+    ``seen.first_seen``) counts as missed."""
     due = Due(campaign.name)
     last = conn.execute(
         select(func.max(R.c.scheduled_at)).where(
@@ -82,14 +98,20 @@ def find_due(conn: Connection, campaign: Any, now: datetime, catch_up: timedelta
     found = list(occurrences(campaign, start, now + _TICK))
     if found and now - found[-1] <= catch_up:
         due.plan.append(found.pop())
+    if first_seen is not None:
+        found = [t for t in found if t >= first_seen]
     if len(found) > MAX_MISSED_ROWS:
         due.missed_beyond_cap = len(found) - MAX_MISSED_ROWS
         found = found[-MAX_MISSED_ROWS:]
     due.missed = found
+    resumable = or_(
+        R.c.state == "planning",  # a process died while planning it
+        and_(R.c.state == "failed", R.c.finished_at <= now - RETRY_FAILED_AFTER),
+    )
     stuck = conn.execute(
         select(R.c.scheduled_at).where(
             R.c.campaign == campaign.name,
-            R.c.state == "planning",
+            resumable,
             R.c.scheduled_at >= now - catch_up,
             R.c.scheduled_at <= now,
         )
@@ -156,11 +178,14 @@ def plan_due(
 
     ``guard`` serializes planning inside one process (cron jobs and the
     periodic sweep may fire together); the advisory lock does it across
-    processes.
+    processes. An occurrence that fails is recorded ``failed`` on its row and
+    logged (``occurrence_failed``); the others are still planned, then the
+    first failure is raised (``PlanningFailed``).
     """
     with guard or threading.Lock():
+        seen = first_seen(engine, campaign.name, now)
         with engine.connect() as conn:
-            due = find_due(conn, campaign, now, config.catch_up)
+            due = find_due(conn, campaign, now, config.catch_up, seen)
         if due.missed:
             recorded = record_missed(engine, campaign.name, due.missed, now)
             if recorded:
@@ -176,15 +201,23 @@ def plan_due(
                     },
                 )
         results = []
+        failures: list[PlanningFailed] = []
         for at in due.plan:
-            with occurrence_lock(engine, campaign.name, at) as mine:
-                if not mine:
-                    log.info(
-                        "occurrence planned elsewhere",
-                        extra={"event": "plan_skipped", "campaign": campaign.name, "at": at},
-                    )
-                    continue
-                result = plan_occurrence(engine, config, campaign, at, now=now)
+            try:
+                with occurrence_lock(engine, campaign.name, at) as mine:
+                    if not mine:
+                        log.info(
+                            "occurrence planned elsewhere",
+                            extra={"event": "plan_skipped", "campaign": campaign.name, "at": at},
+                        )
+                        continue
+                    result = plan_or_record(engine, config, campaign, at, now=now)
+            except PlanningFailed as exc:  # recorded on its row; the next occurrence may work
+                fields = {"campaign": campaign.name, "at": at, "reason": str(exc)}
+                log.error("occurrence failed", extra={"event": "occurrence_failed", **fields})
+                log.debug("traceback", exc_info=True, extra={"event": "occurrence_failed_trace"})
+                failures.append(exc)
+                continue
             results.append(result)
             log.info(
                 "occurrence planned",
@@ -197,4 +230,6 @@ def plan_due(
                     "inserted": result.inserted,
                 },
             )
+        if failures:
+            raise failures[0]
         return results

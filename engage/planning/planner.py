@@ -415,7 +415,7 @@ def plan_occurrence(
         conn.execute(
             update(R)
             .where(R.c.id == run.id)
-            .values(state="planned", counts=dict(counts), finished_at=utcnow())
+            .values(state="planned", counts=dict(counts), finished_at=utcnow(), error=None)
         )
     log.info(
         "planned",

@@ -14,11 +14,36 @@ from ..campaigns.schema import Campaign
 from ..config import Config
 from ..customers.recipients import load_recipients
 from ..db.models import Customer
-from ..errors import EngageError, NotFound
-from ..templating.renderer import RenderedEmail, RenderedSms, Renderer
+from ..db.session import unusable
+from ..errors import ConfigError, EngageError, NotFound, PlanningFailed, describe
+from ..templating.renderer import PLACEHOLDER_TOKEN, RenderedEmail, RenderedSms, Renderer
+from ..unsubscribe import check_secret_key
 from . import suppressions
 from .planner import DryRun, Evaluated, dry_run, load_history
 from .policy import CampaignRules, Decision, decide
+
+
+def placeholder_note(config: Config) -> str | None:
+    """Why previews and dry runs show placeholder unsubscribe links, or None when
+    ``ENGAGE_SECRET_KEY`` can sign them. Neither needs the key: they send nothing."""
+    key = config.secrets.get("ENGAGE_SECRET_KEY")
+    if key:
+        try:
+            check_secret_key(key)
+            return None
+        except ConfigError as exc:
+            why = str(exc)
+    else:
+        why = "ENGAGE_SECRET_KEY is not set"
+    return (
+        f"{why}: unsubscribe links show a placeholder (/u/{PLACEHOLDER_TOKEN}); "
+        "sending needs the key"
+    )
+
+
+def preview_renderer(config: Config) -> Renderer:
+    """A renderer for previews and dry runs: signed links when the key can sign them."""
+    return Renderer(config, placeholder_links=placeholder_note(config) is not None)
 
 
 def render_check(
@@ -48,9 +73,18 @@ def dry_run_campaign(
     limit: int | None = None,
     render: bool = True,
 ) -> DryRun:
-    """Who would get what and why not, rendering each would-be message; writes nothing."""
-    check = render_check(Renderer(config), campaign, as_of) if render else None
-    return dry_run(engine, config, campaign, as_of, limit=limit, check_render=check)
+    """Who would get what and why not, rendering each would-be message; writes nothing.
+
+    A campaign the database cannot evaluate raises ``PlanningFailed`` naming it."""
+    check = render_check(preview_renderer(config), campaign, as_of) if render else None
+    try:
+        return dry_run(engine, config, campaign, as_of, limit=limit, check_render=check)
+    except Exception as exc:
+        if isinstance(exc, EngageError) or unusable(exc):
+            raise
+        raise PlanningFailed(
+            f"campaign {campaign.name}: {describe(exc)}", campaign=campaign.name
+        ) from exc
 
 
 @dataclass
@@ -95,7 +129,7 @@ def preview_message(
         history = load_history(conn, [recipient], rules, config, at, None)[customer_id]
     d = decide(recipient, rules, config, at, supp, history)
     shown = channel or d.channel or campaign.channels[0]
-    renderer = Renderer(config)
+    renderer = preview_renderer(config)
     out = Preview(campaign.name, customer_id, shown, d.address, d.action, d.reason, d.send_at)
     if shown == "email":
         out.email = renderer.render_email(campaign.template, campaign, recipient, at)

@@ -2,12 +2,17 @@
 
 Public API::
 
-    Renderer(config, *, secret_key=None)
+    Renderer(config, *, secret_key=None, placeholder_links=False)
         .render_email(template, campaign, recipient, now, *, message_ref=None) -> RenderedEmail
         .render_sms(template, campaign, recipient, now) -> RenderedSms
         .check(campaigns=None, *, now=None, sample=None) -> list[Problem]
-        .reload(campaigns=None, *, now=None) -> list[Problem]
+        .reload(campaigns=None, *, now=None, initial=False) -> list[Problem]
         .templates() -> {folder: {"email", "sms"}}
+
+``check`` and ``reload`` render in a child process within ``config.template_check``
+(``isolation.py``); every render is bounded (``budget.py``); ``render_email`` and
+``render_sms`` refuse HTML over ``max_email_html_kb`` and SMS over
+``max_sms_segments``.
 """
 
 from .context import CampaignInfo, sample_recipient

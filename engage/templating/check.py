@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..customers.recipients import Recipient
 from ..errors import EngageError, Problem
@@ -29,6 +29,16 @@ if TYPE_CHECKING:
 
 PLACEHOLDER_KEY = "validate-only-placeholder-secret-key"
 CONFIG_FILE = "config.yaml"
+
+
+class Watch(Protocol):
+    def starting(self, folder: str, channel: str) -> bool:
+        """About to render ``folder``'s ``channel``; False skips it."""
+        ...
+
+    def failed(self, folder: str, channel: str, cause: BaseException) -> None:
+        """That render failed because of ``cause``."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -86,7 +96,14 @@ def check_snapshot(
     *,
     now: datetime | None = None,
     sample: Recipient | None = None,
+    watch: Watch | None = None,
 ) -> list[Problem]:
+    """Every problem of the snapshot's templates, rendered against ``sample``.
+
+    ``watch`` (used by the check's child process, ``isolation.py``) is told
+    which folder and channel is about to render, may skip folders, and sees
+    the exception behind every failed render.
+    """
     cfg = renderer.config
     shown = renderer.shown_root
     now = now or utcnow()
@@ -159,12 +176,16 @@ def check_snapshot(
         for channel in t.channels:
             if channel not in ("email", "sms"):
                 continue
+            if watch is not None and not watch.starting(t.folder, channel):
+                continue
             try:
                 if channel == "email":
                     email = renderer._email(snap, t.folder, t.info, sample, now, secret)
                 else:
                     sms = renderer._sms(snap, t.folder, t.info, sample, now, secret)
             except TemplateRenderError as exc:
+                if watch is not None:
+                    watch.failed(t.folder, channel, exc.__cause__ or exc)
                 if exc.template in broken:
                     continue
                 problems.append(
@@ -181,10 +202,13 @@ def check_snapshot(
                 problems.append(Problem(CONFIG_FILE, None, None, None, str(exc)))
                 continue
             if channel == "email":
+                html_path = f"{shown}/{t.folder}/{HTML}"
+                too_large = renderer.html_too_large(email.html)
+                if too_large:
+                    problems.append(Problem(html_path, None, None, None, too_large + who, sev))
                 if t.info.transactional:
                     continue
                 url = email.headers["List-Unsubscribe"][1:-1]
-                html_path = f"{shown}/{t.folder}/{HTML}"
                 if url not in email.html:
                     problems.append(
                         Problem(

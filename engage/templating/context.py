@@ -22,6 +22,7 @@ from babel import Locale, UnknownLocaleError
 from ..config import Config
 from ..customers.recipients import PointsSummary, Recipient
 from ..timeutil import ensure_utc, get_zone
+from .budget import RenderBudget
 
 RENDER_INFO_KEY = "_engage_render"
 
@@ -93,6 +94,7 @@ class RenderInfo:
     now: datetime  # customer-local
     currency: str
     utm: dict[str, str] | None
+    budget: RenderBudget = field(default_factory=RenderBudget)  # this render's, mutable
 
 
 NAME_FALLBACK = "there"
@@ -170,6 +172,7 @@ def build_context(
             now=local_now,
             currency=config.shop.currency,
             utm=campaign.utm,
+            budget=RenderBudget(),
         ),
     }
 

@@ -24,12 +24,15 @@ from babel import Locale
 from babel.dates import format_date, format_datetime
 from babel.numbers import format_currency, format_decimal, get_group_symbol, parse_pattern
 from jinja2 import FileSystemLoader, StrictUndefined, TemplateNotFound, pass_context
+from jinja2.filters import do_center, do_format, do_indent
 from jinja2.runtime import Context
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.sandbox import ImmutableSandboxedEnvironment, safe_range
+from jinja2.utils import generate_lorem_ipsum
 
 from ..config import Shop
 from ..errors import EngageError, Problem
 from ..timeutil import ensure_utc
+from .budget import BudgetExceeded, check_binop, check_format, check_width
 from .context import RENDER_INFO_KEY, CampaignInfo, CustomerView, PointsView, RenderInfo
 
 
@@ -306,6 +309,20 @@ _DATA_FIELDS: dict[type, frozenset[str]] = {
 
 
 class EngageSandbox(ImmutableSandboxedEnvironment):
+    # Operators that can build huge values from small ones go through
+    # ``call_binop``, which refuses results over the budget (see budget.py).
+    intercepted_binops = frozenset({"*", "**", "+", "%"})
+
+    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
+        check_binop(operator, left, right)
+        return super().call_binop(context, operator, left, right)
+
+    def wrap_str_format(self, value: Any) -> Any:
+        wrapped = super().wrap_str_format(value)
+        if wrapped is not None:  # "{:>99999999}".format(x)
+            check_format(value.__self__)
+        return wrapped
+
     def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
         allowed = _DATA_FIELDS.get(type(obj))
         if allowed is not None and attr in allowed:
@@ -324,6 +341,38 @@ class EngageSandbox(ImmutableSandboxedEnvironment):
         return super().getattr(obj, attribute)
 
 
+@pass_context
+def bounded_range(ctx: Context, *args: int) -> range:
+    """The sandbox's ``range`` (at most 100,000 numbers), counted against the
+    render's budget: nested loops cannot multiply it."""
+    numbers = safe_range(*args)
+    info = ctx.get(RENDER_INFO_KEY)
+    if isinstance(info, RenderInfo):
+        info.budget.take_range(len(numbers))
+    return numbers
+
+
+def bounded_lipsum(n: int = 5, html: bool = True, min: int = 20, max: int = 100) -> str:
+    if n > 100 or max > 1000:
+        raise BudgetExceeded("lipsum: at most 100 paragraphs of 1,000 words")
+    return str(generate_lorem_ipsum(n=n, html=html, min=min, max=max))
+
+
+def _center(value: Any, width: int = 80) -> str:
+    check_width(width)
+    return do_center(value, width)
+
+
+def _indent(value: Any, width: int | str = 4, first: bool = False, blank: bool = False) -> str:
+    check_width(width)
+    return do_indent(value, width, first, blank)
+
+
+def _format(value: Any, *args: Any, **kwargs: Any) -> str:
+    check_format(str(value))
+    return do_format(value, *args, **kwargs)
+
+
 def make_environment(
     root: Path, sources: Mapping[str, str] | None = None
 ) -> ImmutableSandboxedEnvironment:
@@ -337,7 +386,11 @@ def make_environment(
         lstrip_blocks=True,
         finalize=_finalize,
     )
+    env.globals.update(range=bounded_range, lipsum=bounded_lipsum)
     env.filters.update(
+        center=_center,
+        indent=_indent,
+        format=_format,
         money=money_filter,
         number=number_filter,
         date=date_filter,
@@ -385,6 +438,8 @@ def _describe(exc: BaseException) -> str:
     from jinja2 import TemplateSyntaxError, UndefinedError
     from jinja2.exceptions import SecurityError
 
+    if isinstance(exc, BudgetExceeded):
+        return f"too much work for one message: {exc}"
     if isinstance(exc, SecurityError):
         return f"not allowed in templates: {exc}"
     if isinstance(exc, NotFound):

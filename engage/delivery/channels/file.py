@@ -26,6 +26,7 @@ from .base import ChannelKind, Outgoing, SendResult
 __all__ = ["FileDropChannel", "build_email_message", "file_name"]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+MAX_LINE = 998  # RFC 5322 2.1.1
 
 
 def file_name(message: Outgoing) -> str:
@@ -38,8 +39,18 @@ def file_name(message: Outgoing) -> str:
 def build_email_message(
     message: Outgoing, *, from_email: str, from_name: str | None, now: datetime
 ) -> EmailMessage:
-    """The RFC 5322 message a provider would deliver for ``message``."""
-    msg = EmailMessage(policy=policy.default)
+    """The RFC 5322 message a provider would deliver for ``message``.
+
+    Headers are never folded below RFC 5322's 998-character limit: the email
+    package folds a long header with no space in it (a ``List-Unsubscribe``
+    URL) into RFC 2047 encoded words, which mail clients do not read as a
+    ``<https://...>`` link. A non-ASCII address cannot be an encoded word
+    either: such a message is written for SMTPUTF8 (RFC 6532), headers in
+    UTF-8.
+    """
+    international = not (message.to.isascii() and from_email.isascii())
+    # policy.SMTPUTF8 is this with CRLF line ends; the files keep the LF of the others.
+    msg = EmailMessage(policy=policy.default.clone(utf8=international, max_line_length=MAX_LINE))
     msg["From"] = formataddr((from_name, from_email)) if from_name else from_email
     msg["To"] = message.to
     msg["Subject"] = message.subject or ""

@@ -1,0 +1,126 @@
+"""One campaign's failure never stops the others (issue 13, item 4; SPEC §12).
+
+A campaign that passes ``validate`` can still fail when it runs: a threshold
+the database cannot bind (SQLite integers stop at 2**63), an attribute
+condition that meets data it cannot compare (PostgreSQL refuses to cast
+5000000000 to an integer). Before, such a campaign stopped ``engage run
+--once`` before the other campaigns were planned or anything was sent, and
+crashed ``calendar`` and ``dry-run`` with a traceback. Now its error is
+logged, recorded on its ``campaign_run`` row and shown, and the rest plan and
+send. Driven through the installed ``engage`` command on both backends.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import Engine, insert, select
+
+from engage.db.models import CampaignRun, Customer
+
+from .installed import engage, one_line_error
+from .test_daemon_support import Project, campaign_yaml, cron_at, project, wait_for
+
+
+def _breaking_audience(p: Project) -> str:
+    """An audience that validates but fails in this backend's database."""
+    if p.engine.dialect.name == "sqlite":
+        return "  min_points_balance: 99999999999999999999\n"  # too large for SQLite
+    with p.engine.begin() as conn:  # a value PostgreSQL cannot cast to integer
+        conn.execute(
+            insert(Customer),
+            [
+                {
+                    "id": "c-big",
+                    "email": "big@example.com",
+                    "timezone": "UTC",
+                    "email_opt_in": True,
+                    "sms_opt_in": False,
+                    "attributes": {"visits": 5_000_000_000},
+                    "created_at": datetime.now(UTC) - timedelta(days=400),
+                }
+            ],
+        )
+    return "  where: {visits: 3}\n"
+
+
+def _bad_campaign(p: Project, cron: str) -> str:
+    good = campaign_yaml("bad", cron)
+    return good.replace("audience: {}\n", "audience:\n" + _breaking_audience(p))
+
+
+def _runs(engine: Engine) -> dict[str, tuple[str, str | None]]:
+    with engine.connect() as conn:
+        rows = conn.execute(select(CampaignRun.campaign, CampaignRun.state, CampaignRun.error))
+        return {c: (s, e) for c, s, e in rows}
+
+
+def test_run_once_calendar_dry_run_and_status_go_on_without_the_bad_campaign(
+    tmp_path: Path, db_url: str
+) -> None:
+    with project(tmp_path, db_url) as p:
+        p.add_customers(10)
+        cron = cron_at(datetime.now(UTC))
+        p.write_campaign("bad", _bad_campaign(p, cron))
+        p.write_campaign("good", campaign_yaml("good", cron))
+        p.write_campaign("a-good", campaign_yaml("a-good", cron))
+        customers = 10 if p.engine.dialect.name == "sqlite" else 11
+        engage("validate", cwd=p.dir, env=p.env)  # nothing a validator can see
+
+        once = engage("run", "--once", cwd=p.dir, env=p.env, code=1)
+        assert f"with {2 * customers} new messages" in once.stdout
+        assert f"sent: {2 * customers}" in once.stdout
+        assert "1 campaign(s) failed" in once.stdout
+        assert "error: campaign bad at " in once.stderr
+        assert len(p.fake.requests) == 2 * customers
+        runs = _runs(p.engine)
+        assert runs["good"] == ("planned", None) and runs["a-good"] == ("planned", None)
+        state, error = runs["bad"]
+        assert state == "failed" and error, runs
+        assert "OverflowError" in error or "out of range" in error
+
+        status = json.loads(engage("status", "--json", cwd=p.dir, env=p.env).stdout)
+        by_name = {c["name"]: c for c in status["campaigns"]}
+        assert by_name["bad"]["last_state"] == "failed" and by_name["bad"]["error"] == error
+        assert by_name["good"]["error"] is None and by_name["good"]["next_run"]
+        assert f"failed: bad: {error}" in engage("status", cwd=p.dir, env=p.env).stdout
+
+        cal = engage("calendar", "--days", "2", "--json", cwd=p.dir, env=p.env, code=1)
+        listed = {e["campaign"] for e in json.loads(cal.stdout)}
+        assert listed == {"good", "a-good"}
+        assert one_line_error(cal).startswith("error: campaign bad left out: ")
+
+        dry = engage("dry-run", "bad", cwd=p.dir, env=p.env, code=1)
+        one_line_error(dry)
+        assert "matched: " in engage("dry-run", "good", cwd=p.dir, env=p.env).stdout
+
+        # a later run sends nothing twice, and leaves the failed occurrence alone for a
+        # while (it is retried after RETRY_FAILED_AFTER, within catch_up)
+        again = engage("run", "--once", cwd=p.dir, env=p.env)
+        assert "planned 0 occurrence(s)" in again.stdout
+        assert len(p.fake.requests) == 2 * customers
+        assert _runs(p.engine)["bad"][0] == "failed"
+
+
+def test_the_daemon_keeps_planning_and_sending_when_one_campaign_fails(
+    tmp_path: Path, db_url: str
+) -> None:
+    with project(tmp_path, db_url) as p:
+        p.add_customers(10)
+        customers = 10 if p.engine.dialect.name == "sqlite" else 11
+        cron = cron_at(datetime.now(UTC))
+        p.write_campaign("bad", _bad_campaign(p, cron))
+        p.write_campaign("good", campaign_yaml("good", cron))
+        d = p.start()
+        wait_for("the good campaign sent", lambda: p.counts().get("sent") == customers, daemons=[d])
+        wait_for("the failure logged", lambda: d.named("occurrence_failed"), daemons=[d])
+        [event] = d.named("occurrence_failed")
+        assert event["campaign"] == "bad" and event["level"] == "ERROR"
+        assert _runs(p.engine)["bad"][0] == "failed"
+        # a campaign added while the bad one keeps failing is planned and sent too
+        p.write_campaign("later", campaign_yaml("later", cron))
+        wait_for("the new campaign sent", lambda: p.counts().get("sent") == 2 * customers, daemons=[d])
+        assert p.stop(d) == 0
+        assert "Traceback" not in d.log_text()
