@@ -510,10 +510,10 @@ class Dispatcher:
             row = {"id": o.msg.id, "status": status, "updated_at": at, **_LEASE_CLEARED}
             row.update(values)
             by_shape.setdefault(tuple(row), []).append(row)
-        ours = {"status": "sending", "lease_owner": self.owner}
+        ours = [M.c.status == "sending", M.c.lease_owner == self.owner]
         with self.engine.begin() as conn:
             for rows in by_shape.values():
-                update_rows(conn, M, rows, "id", ours)
+                update_rows(conn, M, rows, keys=["id"], where=ours)
         for o in outcomes:
             log.info(
                 "message %s",
