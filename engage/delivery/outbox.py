@@ -8,7 +8,8 @@ from typing import Any, cast
 
 from sqlalchemy import Engine, Table, func, select
 
-from ..db.models import MESSAGE_STATES, Message
+from ..db.models import Message
+from ..db.states import MESSAGE_STATES
 from ..errors import EngageError
 from ..timeutil import isoformat_z
 

@@ -22,7 +22,6 @@ from sqlalchemy import (
     Connection,
     Engine,
     Table,
-    alias,
     and_,
     case,
     false,
@@ -36,6 +35,7 @@ from sqlalchemy import (
 from ..campaigns.audience import stream_audience
 from ..config import Config
 from ..customers.recipients import Recipient
+from ..db import states
 from ..db.bulk import all_rows, in_values, insert_ignore, no_index
 from ..db.models import CampaignRun, Message
 from ..db.session import shared_across_threads
@@ -43,8 +43,6 @@ from ..timeutil import ensure_utc, utcnow
 from . import suppressions
 from .pipeline import Lane, WriteBehind
 from .policy import (
-    CAP_STATES,
-    REENTRY_STATES,
     CampaignRules,
     Decision,
     History,
@@ -92,7 +90,7 @@ def load_history(
         if rules.exempt_from_frequency_cap
         else and_(
             M.c.counts_toward_cap.is_(True),
-            M.c.status.in_(CAP_STATES),
+            M.c.status.in_(states.CAP),
             when > as_of - config.frequency_cap.per,
         )
     )
@@ -101,7 +99,7 @@ def load_history(
         select(
             M.c.customer_id,
             func.max(
-                case((and_(M.c.campaign == rules.name, M.c.status.in_(REENTRY_STATES)), when))
+                case((and_(M.c.campaign == rules.name, M.c.status.in_(states.REENTRY)), when))
             ),
             func.sum(case((counted, 1), else_=0)),
             func.sum(
@@ -305,10 +303,10 @@ def _preempt(
 ) -> None:
     """For each customer, cancel the lowest-priority planned message holding a cap slot.
 
-    One statement whatever the batch size: the candidates of every customer,
-    ranked per customer in the order below; the first of each is the victim.
-    (One statement also means one wait for the database, see
-    ``plan_occurrence``.)
+    One select whatever the batch size finds the victims (the candidates of
+    every customer, ranked per customer in the order below; the first of each),
+    then one guarded move cancels them: a victim a worker claimed meanwhile
+    is left alone (and logged).
     """
     if not customer_ids:
         return
@@ -324,20 +322,20 @@ def _preempt(
         select(M.c.id, rank)
         .where(
             in_values(M.c.customer_id, customer_ids),
-            no_index(M.c.status) == "planned",
+            no_index(M.c.status) == states.State.PLANNED,
             M.c.priority < rules.priority,
             M.c.counts_toward_cap.is_(True),
         )
         .subquery("ranked")
     )
-    target = cast(Table, alias(M, "target"))  # an alias of the table: typed as one
-    conn.execute(
-        update(target)
-        .where(
-            target.c.id.in_(select(ranked.c.id).where(ranked.c.rank == 1)),
-            no_index(target.c.status) == "planned",
-        )
-        .values(status="cancelled", error=f"preempted by {rules.name}", updated_at=now)
+    victims = list(conn.execute(select(ranked.c.id).where(ranked.c.rank == 1)).scalars())
+    states.move(
+        conn,
+        victims,
+        from_=[states.State.PLANNED],
+        to=states.State.CANCELLED,
+        values={"error": f"preempted by {rules.name}", "updated_at": now},
+        event="message_preempted",
     )
 
 
