@@ -52,21 +52,28 @@ def insert_ignore(
     Every row must carry the same columns (the first row's keys are used)."""
     if not rows:
         return 0
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as dialect_insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert as dialect_insert
     cols = list(rows[0])
     source = _rows_source(conn, table, cols, rows)
     counted = {"preserve_rowcount": True}  # SQLAlchemy keeps INSERT row counts only if asked
     if source is None:  # SQLite, values JSON cannot carry: the plain Core insert
-        stmt = dialect_insert(table).on_conflict_do_nothing(index_elements=list(keys))
+        stmt = _insert(conn, table).on_conflict_do_nothing(index_elements=list(keys))
         return int(conn.execute(stmt, [dict(r) for r in rows], execution_options=counted).rowcount)
     # WHERE true: SQLite's upsert after a SELECT needs a WHERE to parse.
     picked = select(*(source.c[c] for c in cols)).where(true())
-    stmt = dialect_insert(table).from_select(cols, picked)
+    stmt = _insert(conn, table).from_select(cols, picked)
     stmt = stmt.on_conflict_do_nothing(index_elements=list(keys))
     return int(conn.execute(stmt, execution_options=counted).rowcount)
+
+
+def _insert(conn: Connection, table: Table) -> Any:
+    """The dialect's INSERT (with ``on_conflict_do_nothing``)."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table)
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(table)
 
 
 def update_rows(
@@ -116,11 +123,11 @@ def _rows_source(
     if conn.dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import JSONB
 
-        payload = json.dumps(
+        records = json.dumps(
             [{c: r[c] for c in cols} for r in rows], default=_memoized(_json_default)
         )
         return (
-            func.jsonb_to_recordset(cast(bindparam("rows", payload, type_=String()), JSONB))
+            func.jsonb_to_recordset(cast(bindparam("rows", records, type_=String()), JSONB))
             .table_valued(*(column(c, table.c[c].type) for c in cols))
             .render_derived(name="v", with_types=True)
         )

@@ -307,7 +307,7 @@ def claim(
         )
         .returning(M.id, M.campaign, M.customer_id, M.channel, M.template, M.attempts, M.expires_at)
     )
-    rows = [ClaimedRow(*row, claim=token) for row in conn.execute(stmt)]
+    rows = [ClaimedRow(**row._mapping, claim=token) for row in conn.execute(stmt)]
     return sorted(rows, key=lambda r: r.id)
 
 
