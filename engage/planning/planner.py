@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import (
@@ -28,7 +28,6 @@ from sqlalchemy import (
     func,
     or_,
     select,
-    true,
     update,
 )
 
@@ -41,6 +40,7 @@ from ..db.models import CampaignRun, Message
 from ..db.session import shared_across_threads
 from ..timeutil import ensure_utc, utcnow
 from . import suppressions
+from .lock import planning_lock
 from .pipeline import Lane, WriteBehind
 from .policy import (
     CampaignRules,
@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 
 M = cast(Table, Message.__table__)
 R = cast(Table, CampaignRun.__table__)
+DEFAULT_EXPIRES_AFTER = timedelta(hours=24)  # campaign-like objects without expires_after
 
 
 def dedupe_key(campaign: str, scheduled_at: datetime, customer_id: str) -> str:
@@ -80,11 +81,17 @@ def load_history(
     One pass over each customer's messages (the (customer_id, planned_at)
     index) computes both facts. Rows of the occurrence being planned
     (``run_id``) are ignored, so that re-planning an interrupted occurrence
-    reaches the same decisions.
+    reaches the same decisions. A dry run as of a past moment sees only what
+    was planned by then; planning for real (``run_id``, under the planning
+    lock) sees every message, also one planned for a later occurrence that
+    was planned first.
     """
     ids = [r.customer_id for r in batch]
     when = func.coalesce(M.c.sent_at, M.c.send_after)
-    not_this_run = or_(M.c.run_id.is_(None), M.c.run_id != run_id) if run_id else true()
+    if run_id:
+        seen = or_(M.c.run_id.is_(None), M.c.run_id != run_id)
+    else:
+        seen = M.c.planned_at <= as_of
     counted = (
         false()
         if rules.exempt_from_frequency_cap
@@ -109,7 +116,7 @@ def load_history(
                 )
             ),
         )
-        .where(in_values(M.c.customer_id, ids), M.c.planned_at <= as_of, not_this_run)
+        .where(in_values(M.c.customer_id, ids), seen)
         .group_by(M.c.customer_id),
     )
     out = dict.fromkeys(ids, _NO_HISTORY)
@@ -350,9 +357,25 @@ def plan_occurrence(
 ) -> PlanResult:
     """Plan one occurrence into the outbox. Idempotent per (campaign, scheduled_at).
 
+    Holds the database's planning lock (``lock.py``) throughout: reentry and
+    the frequency cap see every message planned before, by any process.
+
     ``batch``: customers per read/decide/write round; each round costs a few
     statements (compiled anew: their lists are parameters) and a commit, so
     bigger rounds are cheaper while memory stays a few MB per round."""
+    with planning_lock(engine):
+        return _plan_occurrence(engine, config, campaign, scheduled_at, now=now, batch=batch)
+
+
+def _plan_occurrence(
+    engine: Engine,
+    config: Config,
+    campaign: Any,
+    scheduled_at: datetime,
+    *,
+    now: datetime | None,
+    batch: int,
+) -> PlanResult:
     now = now or utcnow()
     scheduled_at = ensure_utc(scheduled_at)
     rules = CampaignRules.of(campaign)
@@ -363,6 +386,7 @@ def plan_occurrence(
 
     counts: Counter[str] = Counter()
     key_prefix = dedupe_key(campaign.name, scheduled_at, "")  # + customer id
+    expires_at = scheduled_at + getattr(campaign, "expires_after", DEFAULT_EXPIRES_AFTER)
 
     def write(rows: list[dict[str, Any]], preempting: list[str]) -> int:
         with engine.begin() as conn:
@@ -401,6 +425,7 @@ def plan_occurrence(
                         "status": "held_out" if d.held_out else "planned",
                         "planned_at": now,
                         "send_after": d.send_at,
+                        "expires_at": expires_at,
                         "attempts": 0,
                         "updated_at": now,
                     }

@@ -234,6 +234,12 @@ def _send_time(as_of: datetime, timezone: str, start: time, end: time) -> dateti
     return next_send_time(as_of, _zone(timezone), Window(start=start, end=end))
 
 
+def next_opening(as_of: datetime, timezone: str, window: Window) -> datetime:
+    """``next_send_time`` in the zone named ``timezone`` (cached, see ``_send_time``):
+    the planner asks it when it plans, the dispatcher again when it sends."""
+    return _send_time(as_of, timezone, window.start, window.end)
+
+
 def decide(
     recipient: Recipient,
     rules: CampaignRules,
@@ -251,7 +257,7 @@ def decide(
     if not reentry_allows(rules.reentry, history.last_sent, recipient.last_activity, as_of):
         return Decision(cid, "skip", REENTRY, channel, address)
     window = effective_window(channel, rules.send_window, config)
-    send_at = _send_time(as_of, recipient.timezone, window.start, window.end)
+    send_at = next_opening(as_of, recipient.timezone, window)
     if is_held_out(rules.name, cid, rules.holdout):
         return Decision(cid, "skip", HELD_OUT, channel, address, send_at)
     preempts = False
