@@ -47,6 +47,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import ColumnElement, Connection, Table, and_, func, or_, select, update
 
 from ..timeutil import utcnow
+from .bulk import in_values, update_rows
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +201,7 @@ def move(
     if not ids:
         return 0
     M = _message().c
-    q = update(_message()).where(M.id.in_(list(ids)), M.status.in_([s.value for s in froms]))
+    q = update(_message()).where(in_values(M.id, ids), M.status.in_([s.value for s in froms]))
     if claim is not None:
         q = q.where(M.claim == claim)
     sets = {"updated_at": utcnow(), **({} if target in HELD else _RELEASED), **(values or {})}
@@ -224,8 +225,6 @@ def move_each(
     froms, target = _check(from_, to)
     if not rows:
         return 0
-    from .bulk import update_rows
-
     released = {} if target in HELD else _RELEASED
     sets = {"status": target.value, "updated_at": utcnow(), **released, **(values or {})}
     table = _message()
@@ -329,7 +328,7 @@ def start(
     at = _now(conn, now)
     stmt = (
         update(_message())
-        .where(M.id.in_(list(ids)), M.status == S.CLAIMED.value, M.claim == claim)
+        .where(in_values(M.id, ids), M.status == S.CLAIMED.value, M.claim == claim)
         .values(
             status=S.SENDING.value,
             attempts=M.attempts + 1,

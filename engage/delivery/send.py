@@ -14,6 +14,7 @@ from ..campaigns.schema import Campaign
 from ..config import Config
 from ..planning.planner import PlanResult, plan_occurrence
 from ..templating.renderer import Renderer
+from ..timeutil import utcnow
 from .channels import build_channels
 from .dispatch import Dispatcher, DispatchStats
 from .outbox import count_waiting
@@ -26,9 +27,16 @@ def make_dispatcher(
     *,
     renderer: Renderer | None = None,
     stop: threading.Event | None = None,
+    clock: Callable[[], datetime] | None = None,
 ) -> Dispatcher:
     return Dispatcher(
-        engine, config, build_channels(config), renderer or Renderer(config), campaigns, stop=stop
+        engine,
+        config,
+        build_channels(config),
+        renderer or Renderer(config),
+        campaigns,
+        stop=stop,
+        clock=clock or utcnow,
     )
 
 
@@ -36,23 +44,27 @@ def make_dispatcher(
 class SendReport:
     plan: PlanResult
     dispatch: DispatchStats
-    waiting: int  # planned for later: outside the customers' send windows
+    waiting: int  # of this occurrence, for a send window (or a retry): the daemon sends them
 
 
 def send_occurrence(engine: Engine, config: Config, campaign: Campaign, at: datetime) -> SendReport:
     """Plan one occurrence at ``at`` and deliver what is due by then.
 
     Messages whose send window opens later stay ``planned`` for the daemon.
+    A channel whose provider refuses engage's credentials stops at once; the
+    report says so (``dispatch.refused``) and its messages stay planned.
     """
-    channels_ready = build_channels(config)  # fail on missing secrets before planning
-    for ch in channels_ready.values():
-        ch.close()
-    plan = plan_occurrence(engine, config, campaign, at, now=at)
-    dispatcher = make_dispatcher(engine, config, lambda: {campaign.name: campaign})
+    channels = build_channels(config)  # fail on missing secrets before planning
     try:
-        stats = dispatcher.run_once(at, campaign=campaign.name)
+        plan = plan_occurrence(engine, config, campaign, at, now=at)
+        dispatcher = Dispatcher(
+            engine, config, channels, Renderer(config), lambda: {campaign.name: campaign}
+        )
+        try:
+            stats = dispatcher.run_once(at, campaign=campaign.name)
+        finally:
+            dispatcher.close()
     finally:
-        dispatcher.close()
-        for ch in dispatcher.channels.values():
+        for ch in channels.values():
             ch.close()
-    return SendReport(plan, stats, count_waiting(engine, campaign.name, at))
+    return SendReport(plan, stats, count_waiting(engine, plan.run_id))

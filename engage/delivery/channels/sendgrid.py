@@ -35,6 +35,7 @@ import io
 import json
 import re
 import select
+import socket
 import threading
 import time
 import urllib.error
@@ -211,6 +212,11 @@ class KeptAlive:
         try:
             if conn.sock is None:
                 conn.connect()
+                # http.client writes the headers and the body separately: without
+                # this, Nagle holds the body back until the headers are ACKed, and
+                # on a kept-alive connection that ACK is delayed (40 ms a request).
+                sock: Any = conn.sock
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             conn.request(request.get_method(), path, request.data, dict(request.header_items()))
         except OSError as exc:  # connecting or writing: the request did not get through
             self.close()
