@@ -44,10 +44,10 @@ from enum import StrEnum
 from functools import cache
 from typing import Any, NamedTuple
 
-from sqlalchemy import ColumnElement, Connection, Table, and_, func, or_, select, update
+from sqlalchemy import ColumnElement, Connection, Table, and_, func, or_, select, union_all, update
 
-from ..timeutil import utcnow
-from .bulk import in_values, update_rows
+from ..timeutil import ensure_utc, utcnow
+from .bulk import all_rows, in_values, no_index, update_rows
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +201,9 @@ def move(
     if not ids:
         return 0
     M = _message().c
-    q = update(_message()).where(in_values(M.id, ids), M.status.in_([s.value for s in froms]))
+    q = update(_message()).where(
+        in_values(M.id, ids), no_index(M.status).in_([s.value for s in froms])
+    )
     if claim is not None:
         q = q.where(M.claim == claim)
     sets = {"updated_at": utcnow(), **({} if target in HELD else _RELEASED), **(values or {})}
@@ -234,7 +236,8 @@ def move_each(
         rows,
         keys=("id", "claim"),
         values=sets,
-        where=[table.c.status.in_([s.value for s in froms])],
+        # by key, never by the status index: that would scan every row in the state
+        where=[no_index(table.c.status).in_([s.value for s in froms])],
     )
     _shortfall([r["id"] for r in rows], moved, froms, target, event)
     return moved
@@ -275,25 +278,32 @@ def claim(
     M = _message().c
     now = _now(conn, now)
     due_at = now if due_by is None else due_by
-    due: ColumnElement[bool] = and_(
-        M.status.in_([s.value for s in DUE]),
+    filters = [
         M.send_after <= due_at,
         or_(M.next_attempt_at.is_(None), M.next_attempt_at <= due_at),
-    )
+    ]
     if campaign is not None:
-        due = and_(due, M.campaign == campaign)
+        filters.append(M.campaign == campaign)
     if channels is not None:
-        due = and_(due, M.channel.in_(list(channels)))
-    pick = select(M.id).where(due).order_by(M.send_after, M.id).limit(limit)
-    if conn.dialect.name == "postgresql":
-        # The picked rows are locked, so they are still due: the UPDATE finds
-        # them by primary key only. A CTE runs once (as ``id IN (subquery)``
-        # PostgreSQL may re-run the SKIP LOCKED subquery and claim more).
-        picked = pick.with_for_update(skip_locked=True).cte("picked")
-        target: ColumnElement[bool] = M.id == picked.c.id
-    else:  # one statement inside the single write transaction
-        picked = pick.cte("picked")
-        target = and_(M.id == picked.c.id, due)
+        filters.append(M.channel.in_(list(channels)))
+    postgres = conn.dialect.name == "postgresql"
+
+    def oldest(state: State) -> Any:
+        """One due state's oldest messages: the (status, send_after) index read
+        in order, ``limit`` rows at most, however long the backlog. (With both
+        states in one ``IN``, the database sorts every due message first.)"""
+        q = select(M.id, M.send_after).where(M.status == state.value, *filters)
+        q = q.order_by(M.send_after, M.id).limit(limit)
+        # PostgreSQL: any number of workers claim disjoint rows; the picked rows
+        # are locked, so they are still due when the UPDATE finds them by key.
+        return (q.with_for_update(skip_locked=True) if postgres else q).subquery(state.value)
+
+    branches = [oldest(state) for state in DUE]
+    due = union_all(*(select(b.c.id, b.c.send_after) for b in branches)).subquery("due")
+    # A CTE runs once (as ``id IN (subquery)`` PostgreSQL may re-run the
+    # SKIP LOCKED subqueries and claim more than ``limit``).
+    picked = select(due.c.id).order_by(due.c.send_after, due.c.id).limit(limit).cte("picked")
+    target: ColumnElement[bool] = M.id == picked.c.id
     stmt = (
         update(_message())
         .where(target)
@@ -304,10 +314,28 @@ def claim(
             lease_expires_at=now + lease,
             updated_at=now,
         )
-        .returning(M.id, M.campaign, M.customer_id, M.channel, M.template, M.attempts, M.expires_at)
     )
-    rows = [ClaimedRow(**row._mapping, claim=token) for row in conn.execute(stmt)]
+    cols = (M.id, M.campaign, M.customer_id, M.channel, M.template, M.attempts, M.expires_at)
+    if postgres:
+        rows = [_claimed(row, row[6], token) for row in conn.execute(stmt.returning(*cols))]
+    else:
+        # SQLite hands back RETURNING rows one step at a time, each step
+        # releasing and retaking the GIL: with a hundred send threads about,
+        # every retake waits. Read the claim back as one JSON array instead.
+        conn.execute(stmt)
+        mine = select(*cols).where(M.claim == token, M.status == S.CLAIMED.value)
+        rows = [_claimed(row, _instant(row[6]), token) for row in all_rows(conn, mine)]
     return sorted(rows, key=lambda r: r.id)
+
+
+def _claimed(row: Sequence[Any], expires_at: datetime | None, token: str) -> ClaimedRow:
+    id_, campaign, customer_id, channel, template, attempts = row[:6]
+    return ClaimedRow(id_, campaign, customer_id, channel, template, attempts, expires_at, token)
+
+
+def _instant(value: Any) -> datetime | None:
+    """An instant as SQLite's JSON gives it back (text), timezone-aware UTC."""
+    return None if value is None else ensure_utc(datetime.fromisoformat(value))
 
 
 def start(
@@ -326,18 +354,25 @@ def start(
         return []
     M = _message().c
     at = _now(conn, now)
+    mine = [in_values(M.id, ids), no_index(M.status) == S.CLAIMED.value, M.claim == claim]
     stmt = (
         update(_message())
-        .where(in_values(M.id, ids), M.status == S.CLAIMED.value, M.claim == claim)
+        .where(*mine)
         .values(
             status=S.SENDING.value,
             attempts=M.attempts + 1,
             lease_expires_at=at + lease,
             updated_at=at,
         )
-        .returning(M.id)
     )
-    started = [i for (i,) in conn.execute(stmt)]
+    if conn.dialect.name == "postgresql":
+        started = [i for (i,) in conn.execute(stmt.returning(M.id))]
+    else:  # no RETURNING on SQLite, see ``claim``; all moved is the usual case
+        moved = conn.execute(stmt).rowcount
+        started = list(ids)
+        if moved != len(ids):
+            again = select(M.id).where(in_values(M.id, ids), M.claim == claim)
+            started = [i for (i,) in all_rows(conn, again.where(M.status == S.SENDING.value))]
     _shortfall(ids, len(started), [S.CLAIMED], S.SENDING, "message_start")
     return started
 

@@ -295,12 +295,16 @@ class Dispatcher:
         if not kinds:
             return 0
         cfg = self.config.dispatch
+        # No more than the rate limits let go within half a lease: the rest
+        # would only wait (and lose its claim) while other workers could send it.
+        slowest = min(self._buckets[k].rate for k in kinds)
+        limit = max(1, min(cfg.batch_size, int(slowest * cfg.lease.total_seconds() / 2)))
         with self.engine.begin() as conn:
             batch = states.claim(
                 conn,
                 token=secrets.token_hex(8),
                 owner=self.owner,
-                limit=cfg.batch_size,
+                limit=limit,
                 lease=cfg.lease,
                 due_by=due_by,
                 campaign=campaign,
