@@ -120,6 +120,20 @@ def test_a_lost_lease_releases_what_was_reserved_and_makes_what_was_started_unkn
     assert [r.id for r in again] == ids[1:]
 
 
+def test_a_live_worker_renews_its_leases_and_keeps_its_messages(engine: Engine) -> None:
+    ids = [add_message(engine, add_customer(engine, f"c{n}")) for n in range(2)]
+    with engine.begin() as conn:
+        lifecycle.claim(conn, token="alive", owner="w", limit=9, lease=LEASE, due_by=NOW, now=NOW)
+        lifecycle.start(conn, ids[:1], claim="alive", lease=LEASE, now=NOW)
+        later = NOW + LEASE - timedelta(seconds=1)
+        assert lifecycle.renew(conn, ["alive", "someone-else"], lease=LEASE, now=later) == 2
+    with engine.begin() as conn:
+        assert lifecycle.expire_leases(conn, NOW + LEASE + timedelta(seconds=1)) == (0, 0)
+        assert lifecycle.expire_leases(conn, later + LEASE + timedelta(seconds=1)) == (1, 1)
+    with engine.begin() as conn:
+        assert lifecycle.renew(conn, ["alive"], lease=LEASE) == 0  # lost: nothing to renew
+
+
 def test_leases_run_on_the_database_clock(engine: Engine) -> None:
     """Without ``now``, the lease is set and checked on one clock (PostgreSQL's
     ``now()``), so hosts with skewed clocks agree on it."""

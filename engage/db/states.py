@@ -377,6 +377,22 @@ def start(
     return started
 
 
+def renew(
+    conn: Connection, claims: Sequence[str], *, lease: timedelta, now: datetime | None = None
+) -> int:
+    """Extend the lease of every row still held under ``claims`` (a live
+    worker's heartbeat): only a dead worker's leases run out. Returns the rows
+    renewed."""
+    if not claims:
+        return 0
+    M = _message().c
+    at = _now(conn, now)
+    held = [no_index(M.status).in_([s.value for s in HELD]), in_values(M.claim, claims)]
+    return int(
+        conn.execute(update(_message()).where(*held).values(lease_expires_at=at + lease)).rowcount
+    )
+
+
 class Expired(NamedTuple):
     released: int  # reserved by a worker that is gone: planned (or retry) again
     unknown: int  # started by a worker that is gone: may have reached the provider

@@ -38,11 +38,12 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from ..config import Config
 from ..db import states
@@ -64,7 +65,7 @@ log = logging.getLogger(__name__)
 
 # Outcomes are written in chunks: this many, or after this long.
 RECORD_EVERY = 50
-RECORD_SECONDS = 0.25
+RECORD_SECONDS = 0.1
 # A rate limiter lets this much of a second's worth of sends go at once.
 BURST_SECONDS = 0.1
 
@@ -232,6 +233,8 @@ class Dispatcher:
         in_flight = 0
         # Start requests a few at a time (one UPDATE each), not one by one.
         start_chunk = max(1, cfg.workers // 8)
+        claims: set[str] = set()  # this run's claim tokens: their leases are renewed
+        renewed = time.monotonic()
         exhausted = False
         try:
             while True:
@@ -242,14 +245,24 @@ class Dispatcher:
                 if not (exhausted or stopping) and waiting < max(
                     cfg.workers - in_flight, cfg.batch_size // 2
                 ):
-                    got = self._claim(due_by, campaign, stats.refused, finished, ready)
+                    got = self._claim(due_by, campaign, stats.refused, finished, ready, claims)
                     stats.claimed += got
                     exhausted = got == 0
                     continue
+                if time.monotonic() - renewed > cfg.lease.total_seconds() / 3:
+                    # Alive: keep what this run holds (only a dead worker's leases run out).
+                    with self.engine.begin() as conn:
+                        states.renew(conn, sorted(claims), lease=cfg.lease)
+                    renewed = time.monotonic()
                 room = cfg.workers - in_flight
                 started, limited = 0, None
                 if room >= min(start_chunk, waiting) or not in_flight:
-                    started, limited = self._start_ready(ready, room, done)
+
+                    def record(conn: Connection, now: list[Outcome] = finished) -> None:
+                        self._record(now, stats, tally, conn)
+                        now.clear()
+
+                    started, limited = self._start_ready(ready, room, done, record)
                     in_flight += started
                 if not finished:
                     first_at = time.monotonic()
@@ -288,9 +301,11 @@ class Dispatcher:
         refused: Mapping[str, str],
         finished: list[Outcome],
         ready: dict[str, deque[Ready]],
+        claims: set[str],
     ) -> int:
         """Claim a batch and prepare it: outcomes decided here go to ``finished``,
-        messages to send to ``ready``. Returns how many were claimed."""
+        messages to send to ``ready``, its token to ``claims``. Returns how many
+        were claimed."""
         kinds = [k for k in self.channels if k not in refused]
         if not kinds:
             return 0
@@ -299,10 +314,11 @@ class Dispatcher:
         # would only wait (and lose its claim) while other workers could send it.
         slowest = min(self._buckets[k].rate for k in kinds)
         limit = max(1, min(cfg.batch_size, int(slowest * cfg.lease.total_seconds() / 2)))
+        token = secrets.token_hex(8)
         with self.engine.begin() as conn:
             batch = states.claim(
                 conn,
-                token=secrets.token_hex(8),
+                token=token,
                 owner=self.owner,
                 limit=limit,
                 lease=cfg.lease,
@@ -312,6 +328,7 @@ class Dispatcher:
             )
         if not batch:
             return 0
+        claims.add(token)
         try:
             items = prepare(
                 self.engine,
@@ -333,11 +350,16 @@ class Dispatcher:
         return len(batch)
 
     def _start_ready(
-        self, ready: dict[str, deque[Ready]], room: int, done: queue.SimpleQueue[Outcome]
+        self,
+        ready: dict[str, deque[Ready]],
+        room: int,
+        done: queue.SimpleQueue[Outcome],
+        record: Callable[[Connection], None],
     ) -> tuple[int, float | None]:
-        """Start what the free request slots (``room``) and the rate limits allow.
-        Returns how many started, and, when a rate limit held some back, the
-        seconds until it lets one more go."""
+        """Start what the free request slots (``room``) and the rate limits allow
+        (``record`` writes finished outcomes in the same transaction). Returns
+        how many started, and, when a rate limit held some back, the seconds
+        until it lets one more go."""
         batch: list[Ready] = []
         limited: float | None = None
         for kind, pending in ready.items():
@@ -346,11 +368,20 @@ class Dispatcher:
             if pending and len(batch) < room:
                 wait = self._buckets[kind].wait()
                 limited = wait if limited is None else min(limited, wait)
-        return self._start(batch, done, self.config.dispatch.workers - room), limited
+        busy = self.config.dispatch.workers - room
+        return self._start(batch, done, busy, record), limited
 
-    def _start(self, batch: Sequence[Ready], done: queue.SimpleQueue[Outcome], busy: int) -> int:
+    def _start(
+        self,
+        batch: Sequence[Ready],
+        done: queue.SimpleQueue[Outcome],
+        busy: int,
+        record: Callable[[Connection], None],
+    ) -> int:
         """``claimed`` → ``sending`` (per claim token), then hand each one that
-        moved to the pool. One that did not move lost its claim: not ours to send."""
+        moved to the pool. One that did not move lost its claim: not ours to send.
+        Finished outcomes are written in the same transaction: a crash then
+        leaves few sent-but-unrecorded messages to become ``unknown``."""
         if not batch:
             return 0
         by_claim: dict[str, list[Ready]] = {}
@@ -358,6 +389,7 @@ class Dispatcher:
             by_claim.setdefault(item.msg.claim, []).append(item)
         lease = self.config.dispatch.lease
         with self.engine.begin() as conn:
+            record(conn)
             moved = {
                 token: set(states.start(conn, [i.msg.id for i in items], claim=token, lease=lease))
                 for token, items in by_claim.items()
@@ -416,9 +448,16 @@ class Dispatcher:
 
     # -- recording -----------------------------------------------------------------------
     def _record(
-        self, outcomes: Sequence[Outcome], stats: DispatchStats, tally: Counter[str] | None
+        self,
+        outcomes: Sequence[Outcome],
+        stats: DispatchStats,
+        tally: Counter[str] | None,
+        conn: Connection | None = None,
     ) -> None:
-        """Suppressions first, then one guarded move per (from, to, columns)."""
+        """Suppressions first, then one guarded move per (from, to, columns),
+        in ``conn``'s transaction when given (the next start's)."""
+        if not outcomes:
+            return
         supp = [o.suppress for o in outcomes if o.suppress is not None]
         if supp:
             suppressions.add(self.engine, supp)
@@ -427,9 +466,9 @@ class Dispatcher:
             source = State.SENDING if o.started else State.CLAIMED
             row = {"id": o.msg.id, "claim": o.msg.claim, **o.values}
             groups.setdefault((source, o.state, tuple(sorted(row))), []).append(row)
-        with self.engine.begin() as conn:
+        with nullcontext(conn) if conn is not None else self.engine.begin() as c:
             for (source, target, _), rows in groups.items():
-                states.move_each(conn, rows, from_=[source], to=target, event="message_record")
+                states.move_each(c, rows, from_=[source], to=target, event="message_record")
         for o in outcomes:
             stats.outcomes[o.label] += 1
             if tally is not None:
