@@ -196,8 +196,8 @@ class Dispatcher:
         self.stop = stop or threading.Event()
         self.rng = rng or random.Random()
         self.clock = clock  # the moment of sending: windows, expiry, backoff, sent_at
-        self._pool = _SendPool(config.dispatch.workers, self._send_to)
-        self._buckets = {kind: TokenBucket(self._rate(kind)) for kind in channels}
+        self.pool = _SendPool(config.dispatch.workers, self._send_to)
+        self.buckets = {kind: TokenBucket(self._rate(kind)) for kind in channels}
 
     def _rate(self, kind: str) -> float:
         d = self.config.channels
@@ -208,7 +208,7 @@ class Dispatcher:
         return 1e9  # file, console: no provider to protect
 
     def close(self) -> None:
-        self._pool.close()
+        self.pool.close()
 
     # -- the loop ----------------------------------------------------------------------------
     def run_once(
@@ -224,256 +224,7 @@ class Dispatcher:
         database's clock); ``campaign`` limits the run to one campaign;
         ``tally`` is updated as outcomes are recorded.
         """
-        cfg = self.config.dispatch
-        stats = DispatchStats()
-        ready: dict[str, deque[Ready]] = {kind: deque() for kind in self.channels}
-        done: queue.SimpleQueue[Outcome] = queue.SimpleQueue()  # from the send pool
-        finished: list[Outcome] = []  # not yet recorded
-        first_at = 0.0  # when the oldest of them arrived
-        in_flight = 0
-        # Start requests a few at a time (one UPDATE each), not one by one.
-        start_chunk = max(1, cfg.workers // 8)
-        claims: set[str] = set()  # this run's claim tokens: their leases are renewed
-        renewed = time.monotonic()
-        exhausted = False
-        try:
-            while True:
-                stopping = self.stop.is_set()
-                if stopping:
-                    finished += self._release(ready)
-                waiting = sum(map(len, ready.values()))
-                if not (exhausted or stopping) and waiting < max(
-                    cfg.workers - in_flight, cfg.batch_size // 2
-                ):
-                    got = self._claim(due_by, campaign, stats.refused, finished, ready, claims)
-                    stats.claimed += got
-                    exhausted = got == 0
-                    continue
-                if time.monotonic() - renewed > cfg.lease.total_seconds() / 3:
-                    # Alive: keep what this run holds (only a dead worker's leases run out).
-                    with self.engine.begin() as conn:
-                        states.renew(conn, sorted(claims), lease=cfg.lease)
-                    renewed = time.monotonic()
-                room = cfg.workers - in_flight
-                started, limited = 0, None
-                if room >= min(start_chunk, waiting) or not in_flight:
-
-                    def record(conn: Connection, now: list[Outcome] = finished) -> None:
-                        self._record(now, stats, tally, conn)
-                        now.clear()
-
-                    started, limited = self._start_ready(ready, room, done, record)
-                    in_flight += started
-                if not finished:
-                    first_at = time.monotonic()
-                # Nothing started: wait for a send to finish, or for a rate limit.
-                pause = 0.0 if started else min(limited or RECORD_SECONDS, RECORD_SECONDS)
-                seen = len(finished)
-                got = self._drain(done, finished, pause if in_flight else 0)
-                in_flight -= got
-                if limited is not None and not (started or in_flight or got):
-                    time.sleep(pause)  # rate-limited, nothing in flight
-                halted = self._halt_refused(finished[seen:], stats.refused, ready, finished)
-                idle = not in_flight and not any(ready.values())
-                if finished and (
-                    halted
-                    or idle
-                    or len(finished) >= RECORD_EVERY
-                    or time.monotonic() - first_at >= RECORD_SECONDS
-                ):
-                    self._record(finished, stats, tally)
-                    finished = []
-                if idle and (exhausted or stopping):
-                    break
-        finally:
-            # A failed claim, prepare or record must not strand what is in flight.
-            while in_flight > 0 and (got := self._drain(done, finished, 60.0)):
-                in_flight -= got
-            finished += self._release(ready)
-            if finished:
-                self._record(finished, stats, tally)
-        return stats
-
-    def _claim(
-        self,
-        due_by: datetime | None,
-        campaign: str | None,
-        refused: Mapping[str, str],
-        finished: list[Outcome],
-        ready: dict[str, deque[Ready]],
-        claims: set[str],
-    ) -> int:
-        """Claim a batch and prepare it: outcomes decided here go to ``finished``,
-        messages to send to ``ready``, its token to ``claims``. Returns how many
-        were claimed."""
-        kinds = [k for k in self.channels if k not in refused]
-        if not kinds:
-            return 0
-        cfg = self.config.dispatch
-        # No more than the rate limits let go within half a lease: the rest
-        # would only wait (and lose its claim) while other workers could send it.
-        slowest = min(self._buckets[k].rate for k in kinds)
-        limit = max(1, min(cfg.batch_size, int(slowest * cfg.lease.total_seconds() / 2)))
-        token = secrets.token_hex(8)
-        with self.engine.begin() as conn:
-            batch = states.claim(
-                conn,
-                token=token,
-                owner=self.owner,
-                limit=limit,
-                lease=cfg.lease,
-                due_by=due_by,
-                campaign=campaign,
-                channels=kinds,
-            )
-        if not batch:
-            return 0
-        claims.add(token)
-        try:
-            items = prepare(
-                self.engine,
-                self.config,
-                self.renderer,
-                batch,
-                self.campaigns(),
-                self.clock(),
-                due_by,
-            )
-        except Exception:
-            finished += [Outcome(m, states.waiting(m.attempts), "released") for m in batch]
-            raise
-        for item in items:
-            if isinstance(item, Ready):
-                ready[item.msg.channel].append(item)
-            else:
-                finished.append(item)
-        return len(batch)
-
-    def _start_ready(
-        self,
-        ready: dict[str, deque[Ready]],
-        room: int,
-        done: queue.SimpleQueue[Outcome],
-        record: Callable[[Connection], None],
-    ) -> tuple[int, float | None]:
-        """Start what the free request slots (``room``) and the rate limits allow
-        (``record`` writes finished outcomes in the same transaction). Returns
-        how many started, and, when a rate limit held some back, the seconds
-        until it lets one more go."""
-        batch: list[Ready] = []
-        limited: float | None = None
-        for kind, pending in ready.items():
-            n = self._buckets[kind].take(min(len(pending), room - len(batch)))
-            batch += [pending.popleft() for _ in range(n)]
-            if pending and len(batch) < room:
-                wait = self._buckets[kind].wait()
-                limited = wait if limited is None else min(limited, wait)
-        busy = self.config.dispatch.workers - room
-        return self._start(batch, done, busy, record), limited
-
-    def _start(
-        self,
-        batch: Sequence[Ready],
-        done: queue.SimpleQueue[Outcome],
-        busy: int,
-        record: Callable[[Connection], None],
-    ) -> int:
-        """``claimed`` → ``sending`` (per claim token), then hand each one that
-        moved to the pool. One that did not move lost its claim: not ours to send.
-        Finished outcomes are written in the same transaction: a crash then
-        leaves few sent-but-unrecorded messages to become ``unknown``."""
-        if not batch:
-            return 0
-        by_claim: dict[str, list[Ready]] = {}
-        for item in batch:
-            by_claim.setdefault(item.msg.claim, []).append(item)
-        lease = self.config.dispatch.lease
-        with self.engine.begin() as conn:
-            record(conn)
-            moved = {
-                token: set(states.start(conn, [i.msg.id for i in items], claim=token, lease=lease))
-                for token, items in by_claim.items()
-            }
-        started = 0
-        for token, items in by_claim.items():
-            for item in items:
-                if item.msg.id in moved[token]:
-                    self._pool.put(item, done, busy + started)
-                    started += 1
-        return started
-
-    @staticmethod
-    def _drain(done: queue.SimpleQueue[Outcome], into: list[Outcome], block: float) -> int:
-        """Move finished sends into ``into``, waiting up to ``block`` s for the first."""
-        got = 0
-        try:
-            item = done.get(timeout=block) if block > 0 else done.get_nowait()
-            while True:
-                into.append(item)
-                got += 1
-                item = done.get_nowait()
-        except queue.Empty:
-            return got
-
-    def _halt_refused(
-        self,
-        new_outcomes: Sequence[Outcome],
-        refused: dict[str, str],
-        ready: dict[str, deque[Ready]],
-        finished: list[Outcome],
-    ) -> bool:
-        """A channel whose provider refused our credentials stops for this run
-        (``DispatchStats.refused`` says why; the caller reports it): its
-        prepared messages go back to the queue (into ``finished``) untouched."""
-        new = False
-        for o in new_outcomes:
-            kind = o.msg.channel
-            if o.label == "refused" and kind not in refused:
-                refused[kind] = o.reason or "credentials refused"
-                new = True
-        for kind in refused:
-            if ready.get(kind):
-                finished += self._release({kind: ready[kind]})
-        return new
-
-    @staticmethod
-    def _release(ready: Mapping[str, deque[Ready]]) -> list[Outcome]:
-        """Prepared messages given back untouched (stopping, or credentials refused)."""
-        out = []
-        for pending in ready.values():
-            while pending:
-                msg = pending.popleft().msg
-                out.append(Outcome(msg, states.waiting(msg.attempts), "released"))
-        return out
-
-    # -- recording -----------------------------------------------------------------------
-    def _record(
-        self,
-        outcomes: Sequence[Outcome],
-        stats: DispatchStats,
-        tally: Counter[str] | None,
-        conn: Connection | None = None,
-    ) -> None:
-        """Suppressions first, then one guarded move per (from, to, columns),
-        in ``conn``'s transaction when given (the next start's)."""
-        if not outcomes:
-            return
-        supp = [o.suppress for o in outcomes if o.suppress is not None]
-        if supp:
-            suppressions.add(self.engine, supp)
-        groups: dict[tuple[State, State, tuple[str, ...]], list[dict[str, Any]]] = {}
-        for o in outcomes:
-            source = State.SENDING if o.started else State.CLAIMED
-            row = {"id": o.msg.id, "claim": o.msg.claim, **o.values}
-            groups.setdefault((source, o.state, tuple(sorted(row))), []).append(row)
-        with nullcontext(conn) if conn is not None else self.engine.begin() as c:
-            for (source, target, _), rows in groups.items():
-                states.move_each(c, rows, from_=[source], to=target, event="message_record")
-        for o in outcomes:
-            stats.outcomes[o.label] += 1
-            if tally is not None:
-                tally[o.label] += 1
-            _log(o)
+        return _Run(self, due_by, campaign, tally).loop()
 
     # -- one message (on a pool thread) --------------------------------------------------
     def _send_to(self, ready: Ready, done: queue.SimpleQueue[Outcome]) -> None:
@@ -523,6 +274,221 @@ class Dispatcher:
             return outcome(msg, State.FAILED, f"gave up after {attempt} attempts: {_describe(exc)}")
         delay = backoff_delay(attempt, cfg.backoff_base, cfg.backoff_max, exc.retry_after, self.rng)
         return outcome(msg, State.RETRY, _describe(exc), next_attempt_at=self.clock() + delay)
+
+
+class _Run:
+    """One ``run_once``: the messages prepared, in flight and finished, and
+    the loop that moves them along (see the module doc)."""
+
+    def __init__(
+        self, d: Dispatcher, due_by: datetime | None, campaign: str | None, tally: Any
+    ) -> None:
+        self.d, self.due_by, self.campaign, self.tally = d, due_by, campaign, tally
+        self.cfg = d.config.dispatch
+        self.stats = DispatchStats()
+        self.ready: dict[str, deque[Ready]] = {kind: deque() for kind in d.channels}
+        self.done: queue.SimpleQueue[Outcome] = queue.SimpleQueue()  # from the send pool
+        self.finished: list[Outcome] = []  # not yet recorded
+        self.in_flight = 0
+        self.claims: set[str] = set()  # this run's tokens: their leases are renewed
+
+    def loop(self) -> DispatchStats:
+        cfg = self.cfg
+        start_chunk = max(1, cfg.workers // 8)  # a few starts per UPDATE, not one each
+        first_at = renewed = time.monotonic()
+        exhausted = False
+        try:
+            while True:
+                stopping = self.d.stop.is_set()
+                if stopping:
+                    self.finished += self._release(self.ready)
+                waiting = sum(map(len, self.ready.values()))
+                room = cfg.workers - self.in_flight
+                # 1-2. Keep a prepared batch ahead of the send pool.
+                if not (exhausted or stopping) and waiting < max(room, cfg.batch_size // 2):
+                    got = self._claim()
+                    self.stats.claimed += got
+                    exhausted = got == 0
+                    continue
+                if time.monotonic() - renewed > cfg.lease.total_seconds() / 3:
+                    with self.d.engine.begin() as conn:  # alive: keep what this run holds
+                        states.renew(conn, sorted(self.claims), lease=cfg.lease)
+                    renewed = time.monotonic()
+                # 3. Start what the free slots and the rate limits allow.
+                started, limited = 0, None
+                if room >= min(start_chunk, waiting) or not self.in_flight:
+                    started, limited = self._start_ready(room)
+                if not self.finished:
+                    first_at = time.monotonic()
+                # 4. Collect finished sends; nothing started: wait for one, or a token.
+                pause = 0.0 if started else min(limited or RECORD_SECONDS, RECORD_SECONDS)
+                seen = len(self.finished)
+                got = self._drain(pause if self.in_flight else 0)
+                if limited is not None and not (started or self.in_flight or got):
+                    time.sleep(pause)  # rate-limited, nothing in flight
+                halted = self._halt_refused(self.finished[seen:])
+                idle = not self.in_flight and not any(self.ready.values())
+                if self.finished and (
+                    halted
+                    or idle
+                    or len(self.finished) >= RECORD_EVERY
+                    or time.monotonic() - first_at >= RECORD_SECONDS
+                ):
+                    self._record()
+                if idle and (exhausted or stopping):
+                    break
+        finally:
+            # A failed claim, prepare or record must not strand what is in flight.
+            while self.in_flight > 0 and self._drain(60.0):
+                pass
+            self.finished += self._release(self.ready)
+            self._record()
+        return self.stats
+
+    def _claim(self) -> int:
+        """Claim a batch and prepare it: outcomes decided here go to ``finished``,
+        messages to send to ``ready``. Returns how many were claimed."""
+        d, cfg = self.d, self.cfg
+        kinds = [k for k in d.channels if k not in self.stats.refused]
+        if not kinds:
+            return 0
+        # No more than the rate limits let go within half a lease: the rest
+        # would only wait while other workers could send it.
+        slowest = min(d.buckets[k].rate for k in kinds)
+        limit = max(1, min(cfg.batch_size, int(slowest * cfg.lease.total_seconds() / 2)))
+        token = secrets.token_hex(8)
+        with d.engine.begin() as conn:
+            batch = states.claim(
+                conn,
+                token=token,
+                owner=d.owner,
+                limit=limit,
+                lease=cfg.lease,
+                due_by=self.due_by,
+                campaign=self.campaign,
+                channels=kinds,
+            )
+        if not batch:
+            return 0
+        self.claims.add(token)
+        try:
+            items = prepare(
+                d.engine, d.config, d.renderer, batch, d.campaigns(), d.clock(), self.due_by
+            )
+        except Exception:
+            self.finished += [Outcome(m, states.waiting(m.attempts), "released") for m in batch]
+            raise
+        for item in items:
+            if isinstance(item, Ready):
+                self.ready[item.msg.channel].append(item)
+            else:
+                self.finished.append(item)
+        return len(batch)
+
+    def _start_ready(self, room: int) -> tuple[int, float | None]:
+        """Start what the free request slots (``room``) and the rate limits allow.
+        Returns how many started, and, when a rate limit held some back, the
+        seconds until it lets one more go."""
+        batch: list[Ready] = []
+        limited: float | None = None
+        for kind, pending in self.ready.items():
+            bucket = self.d.buckets[kind]
+            n = bucket.take(min(len(pending), room))
+            batch += [pending.popleft() for _ in range(n)]
+            room -= n
+            if pending and room > 0:  # held back by the rate limit
+                wait = bucket.wait()
+                limited = wait if limited is None else min(limited, wait)
+        return self._start(batch), limited
+
+    def _start(self, batch: Sequence[Ready]) -> int:
+        """``claimed`` → ``sending`` (per claim token), then hand each one that
+        moved to the pool; one that did not move lost its claim: not ours to
+        send. Finished outcomes are written in the same transaction, so a crash
+        leaves few sent-but-unrecorded messages to become ``unknown``."""
+        if not batch:
+            return 0
+        by_claim: dict[str, list[Ready]] = {}
+        for item in batch:
+            by_claim.setdefault(item.msg.claim, []).append(item)
+        with self.d.engine.begin() as conn:
+            self._record(conn)
+            moved = {
+                token: states.start(
+                    conn, [i.msg.id for i in items], claim=token, lease=self.cfg.lease
+                )
+                for token, items in by_claim.items()
+            }
+        started = 0
+        for token, items in by_claim.items():
+            ids = set(moved[token])
+            for item in items:
+                if item.msg.id in ids:
+                    self.d.pool.put(item, self.done, self.in_flight + started)
+                    started += 1
+        self.in_flight += started
+        return started
+
+    def _drain(self, block: float) -> int:
+        """Move finished sends into ``finished``, waiting up to ``block`` s for the first."""
+        got = 0
+        try:
+            item = self.done.get(timeout=block) if block > 0 else self.done.get_nowait()
+            while True:
+                self.finished.append(item)
+                got += 1
+                item = self.done.get_nowait()
+        except queue.Empty:
+            self.in_flight -= got
+            return got
+
+    def _halt_refused(self, new: Sequence[Outcome]) -> bool:
+        """A channel whose provider refused our credentials stops for this run
+        (``DispatchStats.refused`` says why; the caller reports it): its
+        prepared messages go back to the queue untouched."""
+        refused = self.stats.refused
+        halted = False
+        for o in new:
+            if o.label == "refused" and o.msg.channel not in refused:
+                refused[o.msg.channel] = o.reason or "credentials refused"
+                halted = True
+        for kind in refused:
+            if self.ready.get(kind):
+                self.finished += self._release({kind: self.ready[kind]})
+        return halted
+
+    @staticmethod
+    def _release(ready: Mapping[str, deque[Ready]]) -> list[Outcome]:
+        """Prepared messages given back untouched (stopping, or credentials refused)."""
+        out = []
+        for pending in ready.values():
+            while pending:
+                msg = pending.popleft().msg
+                out.append(Outcome(msg, states.waiting(msg.attempts), "released"))
+        return out
+
+    def _record(self, conn: Connection | None = None) -> None:
+        """Write ``finished``: suppressions first, then one guarded move per
+        (from, to, columns), in ``conn``'s transaction when given."""
+        outcomes, self.finished = self.finished, []
+        if not outcomes:
+            return
+        supp = [o.suppress for o in outcomes if o.suppress is not None]
+        if supp:
+            suppressions.add(self.d.engine, supp)
+        groups: dict[tuple[State, State, tuple[str, ...]], list[dict[str, Any]]] = {}
+        for o in outcomes:
+            source = State.SENDING if o.started else State.CLAIMED
+            row = {"id": o.msg.id, "claim": o.msg.claim, **o.values}
+            groups.setdefault((source, o.state, tuple(sorted(row))), []).append(row)
+        with nullcontext(conn) if conn is not None else self.d.engine.begin() as c:
+            for (source, target, _), rows in groups.items():
+                states.move_each(c, rows, from_=[source], to=target, event="message_record")
+        for o in outcomes:
+            self.stats.outcomes[o.label] += 1
+            if self.tally is not None:
+                self.tally[o.label] += 1
+            _log(o)
 
 
 def expire_leases(engine: Engine, now: datetime | None = None) -> states.Expired:
