@@ -14,13 +14,21 @@ from .delivery.channels import (
     build_channel,
     build_channels,
 )
-from .errors import PermanentSendError, SendError, TransientSendError
+from .errors import (
+    AmbiguousSendError,
+    PermanentSendError,
+    ProviderAuthError,
+    SendError,
+    TransientSendError,
+)
 
 __all__ = [
+    "AmbiguousSendError",
     "Channel",
     "ChannelKind",
     "Outgoing",
     "PermanentSendError",
+    "ProviderAuthError",
     "SendError",
     "SendResult",
     "TransientSendError",

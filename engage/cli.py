@@ -280,6 +280,15 @@ def send_cmd(
     out.print(f"dispatched {report.dispatch.claimed:,} ({outcomes or 'none due'})")
     if report.waiting:
         out.print(f"{report.waiting:,} wait for their send window (the daemon sends them)")
+    _exit_if_refused(report.dispatch.refused)
+
+
+def _exit_if_refused(refused: dict[str, str]) -> None:
+    """A provider refused engage's credentials: one line per channel, exit 1."""
+    for kind, why in refused.items():
+        err.print(f"error: {kind} stopped, its messages stay planned: {why}", markup=False)
+    if refused:
+        raise typer.Exit(1)
 
 
 @app.command("preview")
@@ -544,17 +553,53 @@ def outbox_cmd(
 @outbox_app.command("requeue")
 def outbox_requeue_cmd(
     ctx: typer.Context,
-    ids: Annotated[list[int], typer.Argument(help="Message ids (unknown, failed, cancelled...).")],
+    ids: Annotated[
+        list[int] | None,
+        typer.Argument(help="Message ids (unknown, failed, render_error, cancelled, expired)."),
+    ] = None,
+    status: Annotated[
+        list[str] | None,
+        typer.Option("--status", help="Only messages in this state (repeatable)."),
+    ] = None,
+    campaign: Annotated[str | None, typer.Option("--campaign", help="Only this campaign.")] = None,
+    since: Annotated[
+        str | None,
+        typer.Option("--since", help="Only messages that reached their state at or after WHEN."),
+    ] = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
-    """Re-queue messages explicitly: the only way an `unknown` message is ever sent again."""
-    from .delivery.dispatch import requeue
+    """Re-queue messages explicitly: the only way an `unknown` message is ever sent again.
+
+    Name them by id, or select them with --status/--campaign/--since: then the
+    count is shown and confirmed first (--yes skips the question).
+    """
+    from .delivery.outbox import Requeue, count_requeueable, requeue, statuses_of
 
     c = ctx_of(ctx)
-    result = requeue(c.engine, ids, utcnow())
-    for mid, what in result.items():
-        out.print(f"{mid}: {what}")
-    if any(v != "requeued" for v in result.values()):
-        raise typer.Exit(1)
+    filtered = bool(status or campaign or since)
+    if not ids and not filtered:
+        raise EngageError("say which messages: ids, or --status (with --campaign, --since)")
+    which = Requeue(ids, status, campaign, c.at(since) if since else None)
+    if ids and not filtered:  # named one by one: say what happened to each
+        before = statuses_of(c.engine, ids)
+        moved = set(requeue(c.engine, which, utcnow()))
+        for mid in ids:
+            state = before.get(mid)
+            what = "requeued" if mid in moved else "not found" if state is None else None
+            out.print(f"{mid}: {what or f'not requeueable ({state})'}")
+        if len(moved) < len(set(ids)):
+            raise typer.Exit(1)
+        return
+    count = count_requeueable(c.engine, which)
+    if count == 0:
+        out.print("no message matches: nothing re-queued")
+        return
+    if not yes:
+        if not sys.stdin.isatty():
+            raise EngageError(f"{count:,} messages match: pass --yes to re-queue them")
+        typer.confirm(f"Re-queue {count:,} messages?", abort=True)
+    moved_ids = requeue(c.engine, which, utcnow())
+    out.print(f"re-queued {len(moved_ids):,} messages")
 
 
 suppress_app = typer.Typer(help="Manage the suppression list.", no_args_is_help=True)
@@ -734,6 +779,7 @@ def run_cmd(
                 err.print(f"error: {n} campaign file(s) with errors were skipped (logged above)")
             for failure in report.failures:
                 err.print(f"error: {failure}", markup=False)
+            _exit_if_refused(report.dispatch.refused)
             if not report.ok:
                 raise typer.Exit(1)
             return

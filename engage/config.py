@@ -167,15 +167,15 @@ class TemplateCheck(Strict):
 
 class Dispatch(Strict):
     batch_size: int = Field(200, ge=1)
-    workers: int = Field(8, ge=1, le=256)
+    # Requests in flight per process: enough to hide a provider answering in
+    # 100-300 ms (each waits in its own thread; idle threads cost nothing).
+    workers: int = Field(128, ge=1, le=1024)
     lease: Duration = timedelta(minutes=5)
     max_attempts: int = Field(5, ge=1)
     backoff_base: Duration = timedelta(seconds=30)
     backoff_max: Duration = timedelta(hours=1)
     poll_interval: Duration = timedelta(seconds=5)
     shutdown_grace: Duration = timedelta(seconds=30)  # engage run: in-flight sends may finish
-    # Prepare (load, check, render) big batches in a helper process: see delivery/prepare.py.
-    helper_process: bool = True
 
 
 class Serve(Strict):

@@ -68,7 +68,21 @@ class SendError(EngageError):
 
 
 class TransientSendError(SendError):
-    """Worth retrying later: network trouble, timeouts, 429, 5xx."""
+    """Worth retrying later: the provider certainly does not have the message
+    (429, 5xx, or the connection failed before the request was written)."""
+
+
+class AmbiguousSendError(SendError):
+    """The request left, but no answer came back (a timeout or a dropped
+    connection after the request was written): the provider may have accepted
+    the message. Never retried automatically (the message becomes ``unknown``);
+    neither SendGrid Mail Send nor Twilio Messages takes an idempotency key."""
+
+
+class ProviderAuthError(SendError):
+    """The provider refused engage's credentials (HTTP 401/403): nothing is
+    wrong with the message, and every other message on that channel would be
+    refused too."""
 
 
 class PermanentSendError(SendError):

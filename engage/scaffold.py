@@ -94,7 +94,8 @@ def run_demo(
     through the ``file`` channel.
 
     Each campaign's latest occurrence that is at least ``attribution_window``
-    old is planned, then dispatch runs as of one day later, so that every
+    old is planned, then dispatch walks through the day after it hour by hour
+    (send windows are checked at the moment of sending), so that every
     customer's local send window has opened once. Then some recipients (and
     fewer of the held-out customers) order within the window, so that
     ``engage report`` has conversions and a lift to show.
@@ -140,13 +141,20 @@ def run_demo(
         demo.campaigns.append(
             DemoCampaign(plan_occurrence(engine, config, campaign, at, now=at), 0)
         )
-    dispatcher = make_dispatcher(engine, config, lambda: by_name)
+    simulated = [now]
+    dispatcher = make_dispatcher(engine, config, lambda: by_name, clock=lambda: simulated[0])
+    sent = 0
     try:
-        latest = max((c.plan.scheduled_at for c in demo.campaigns), default=now)
-        stats = dispatcher.run_once(latest + timedelta(days=1))
+        for c in demo.campaigns:
+            for hour in range(24):
+                simulated[0] = c.plan.scheduled_at + timedelta(hours=hour)
+                stats = dispatcher.run_once(simulated[0], campaign=c.plan.campaign)
+                sent += stats.outcomes.get("sent", 0)
     finally:
         dispatcher.close()
-    progress(f"sent {stats.outcomes.get('sent', 0)} messages through the file channel")
+        for ch in dispatcher.channels.values():
+            ch.close()
+    progress(f"sent {sent} messages through the file channel")
     for c in demo.campaigns:
         c.sent = counts_by_status(engine, campaign=c.plan.campaign).get("sent", 0)
     orders = responses(_members(engine), now=now, window=config.attribution_window)

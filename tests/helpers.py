@@ -112,3 +112,14 @@ def add_message(
     row.update(kw)
     with engine.begin() as conn:
         return int(conn.execute(insert(Message).returning(Message.id), [row]).scalar_one())
+
+
+def midday_zone(at: datetime) -> str:
+    """A time zone where ``at`` is about noon: for tests that send on the real
+    clock, whose send windows are checked at the moment of sending."""
+    offset = 12 - at.astimezone(UTC).hour
+    if offset > 14:
+        offset -= 24
+    if offset < -12:
+        offset += 24
+    return "Etc/GMT" + (f"-{offset}" if offset > 0 else f"+{-offset}")

@@ -18,7 +18,15 @@ from engage.db import make_engine
 from engage.db.models import CampaignRun, Interaction, Message, Suppression, WebhookEvent
 
 GROUP_ROWS = {
-    "audience": 6, "planning": 1, "rendering": 1, "dispatch": 2, "memory": 1, "report": 10, "ui": 1, "http": 2
+    "audience": 6,
+    "planning": 1,
+    "rendering": 1,
+    "dispatch": 2,
+    "dispatch-latency": 3,  # and 3 more on PostgreSQL: 1, 2 and 3 worker processes
+    "memory": 1,
+    "report": 10,
+    "ui": 1,
+    "http": 2,
 }
 
 
@@ -45,7 +53,8 @@ def test_small_run_reports_every_figure(db_url: str, tmp_path: Path) -> None:
     cpu = report["machine"]["cpu_check_s"]
     assert 0 < cpu["before"] < 60 and 0 < cpu["after"] < 60
     names = [r["name"] for r in report["results"]]
-    assert len(names) == sum(GROUP_ROWS.values())
+    workers = 3 if report["backend"] == "postgresql" else 0
+    assert len(names) == sum(GROUP_ROWS.values()) + workers
     assert set(GROUP_ROWS) == set(GROUPS)
     for row in report["results"]:
         assert row["figure"] > 0 and row["target"], row
@@ -58,8 +67,13 @@ def test_small_run_reports_every_figure(db_url: str, tmp_path: Path) -> None:
     counts = planning["details"]["counts"]
     for reason in ("send", "held_out", "reentry", "frequency_cap"):
         assert counts.get(reason, 0) > 0, (reason, counts)
-    dispatch = [r for r in report["results"] if r["name"].startswith("dispatch")]
+    dispatch = [r for r in report["results"] if r["name"].startswith("dispatch SendGrid")]
+    dispatch += [r for r in report["results"] if r["name"].startswith("dispatch Twilio")]
     assert all(r["details"]["outcomes"] == {"sent": r["details"]["planned"]} for r in dispatch)
+    latency = [r for r in report["results"] if "provider answers in" in r["name"]]
+    for r in latency:
+        for run_ in (r["details"]["at_once"], r["details"]["late"]):
+            assert run_["outcomes"] == {"sent": run_["planned"]}, run_
     for row in dispatch:  # three engage/bare pairs, each sending every planned message
         rounds = row["details"]["rounds"]
         assert len(rounds) == 3 and all(r["outcomes"] == {"sent": r["planned"]} for r in rounds)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,13 @@ import yaml
 from engage.config import Config, load_config
 from engage.delivery.channels import build_channel
 from engage.delivery.channels.base import Outgoing
-from engage.errors import ConfigError, PermanentSendError, TransientSendError
+from engage.errors import (
+    AmbiguousSendError,
+    ConfigError,
+    PermanentSendError,
+    ProviderAuthError,
+    TransientSendError,
+)
 from engage.testing import FakeSendGrid
 
 KEY = "SG.test-key-7f3a"
@@ -44,6 +52,28 @@ def email(message_id: int = 42, to: str = "jane@example.com", **kw: object) -> O
     }
     fields.update(kw)
     return Outgoing(**fields)
+
+
+@contextmanager
+def full_backlog() -> Iterator[str]:
+    """A URL whose server never accepts: its listen queue is full, so a new
+    connection attempt waits for the SYN-ACK until the client's timeout."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    fillers = []
+    try:
+        for _ in range(8):  # fill the accept queue (Linux admits backlog + 1)
+            c = socket.socket()
+            c.setblocking(False)
+            c.connect_ex(server.getsockname())
+            fillers.append(c)
+        time.sleep(0.1)
+        yield "http://{}:{}".format(*server.getsockname())
+    finally:
+        for c in fillers:
+            c.close()
+        server.close()
 
 
 @pytest.fixture
@@ -147,14 +177,14 @@ def test_error_text_masks_the_recipient(sg, tmp_path):
 
 
 @pytest.mark.parametrize("status", [401, 403])
-def test_rejected_key_is_permanent_and_never_echoed(tmp_path, status):
+def test_rejected_key_is_an_auth_error_and_never_echoed(tmp_path, status):
     wrong = "SG.wrong-key-secret-9c1"
     with FakeSendGrid(api_key=KEY) as sg:
         channel = build_channel(make_config(tmp_path, sg.url, key=wrong), "email")
         if status == 403:
             sg.api_key = wrong
             sg.script(403, message=f"key {wrong} lacks permission")
-        with pytest.raises(PermanentSendError) as info:
+        with pytest.raises(ProviderAuthError) as info:
             channel.send(email())
     assert sg.requests[0].status == status
     exc = info.value
@@ -165,16 +195,38 @@ def test_rejected_key_is_permanent_and_never_echoed(tmp_path, status):
     assert exc.__cause__ is None and exc.__suppress_context__
 
 
-def test_a_hanging_provider_hits_the_timeout(sg, tmp_path):
+def test_a_hanging_provider_hits_the_timeout_and_may_have_the_message(sg, tmp_path):
     channel = build_channel(make_config(tmp_path, sg.url, timeout=0.5), "email")
     sg.script("hang", seconds=30)
     started = time.monotonic()
-    with pytest.raises(TransientSendError) as info:
+    with pytest.raises(AmbiguousSendError) as info:
         channel.send(email())
     elapsed = time.monotonic() - started
     assert info.value.code == "timeout"
     assert elapsed < 5  # without a timeout urllib would wait the full 30 s
     assert len(sg.requests) == 1
+
+
+def test_an_answer_after_the_timeout_is_ambiguous(sg, tmp_path):
+    """SendGrid accepted it (202), but too late for the client: not a retry."""
+    channel = build_channel(make_config(tmp_path, sg.url, timeout=0.3), "email")
+    sg.script(202, delay=1.0)
+    with pytest.raises(AmbiguousSendError):
+        channel.send(email())
+    assert channel.send(email(43)).provider_id  # a fresh connection works again
+    deadline = time.monotonic() + 5
+    while len(sg.requests) < 2 and time.monotonic() < deadline:  # the late answer is logged
+        time.sleep(0.05)
+    assert [r.status for r in sg.requests] == [202, 202]
+
+
+def test_a_connection_dropped_after_the_request_is_ambiguous(sg, tmp_path):
+    channel = build_channel(make_config(tmp_path, sg.url), "email")
+    sg.script("drop")
+    with pytest.raises(AmbiguousSendError) as info:
+        channel.send(email())
+    assert info.value.code == "network" and "jane@example.com" not in str(info.value)
+    assert channel.send(email(43)).provider_id
 
 
 def test_unreachable_host_is_transient_and_marked_not_sent(tmp_path):
@@ -185,6 +237,28 @@ def test_unreachable_host_is_transient_and_marked_not_sent(tmp_path):
     with pytest.raises(TransientSendError) as info:
         channel.send(email())
     assert info.value.code == "connect"
+
+
+def test_a_connect_timeout_is_transient_and_marked_not_sent(tmp_path):
+    with full_backlog() as url:
+        channel = build_channel(make_config(tmp_path, url, timeout=0.3), "email")
+        with pytest.raises(TransientSendError) as info:
+            channel.send(email())
+    assert info.value.code == "connect" and "while connecting" in str(info.value)
+
+
+def test_requests_share_a_kept_alive_connection(tmp_path):
+    """One connection per sending thread, reused; one the server closed while
+    idle is replaced before the next request, never a failed send."""
+    with FakeSendGrid(api_key=KEY, idle_timeout=0.3) as sg:
+        channel = build_channel(make_config(tmp_path, sg.url), "email")
+        for n in range(5):
+            channel.send(email(n))
+        time.sleep(0.6)  # the fake closes the idle connection
+        channel.send(email(5))
+        channel.close()
+    peers = [r.peer for r in sg.requests]
+    assert len(set(peers[:5])) == 1 and peers[5] != peers[0]
 
 
 def test_missing_api_key_is_a_config_error_naming_the_variable(tmp_path):
@@ -230,7 +304,7 @@ def test_fake_checks_credentials_before_using_a_scripted_answer(sg, tmp_path):
     good = build_channel(make_config(tmp_path, sg.url), "email")
     bad = build_channel(make_config(tmp_path, sg.url, key="SG.other"), "email")
     sg.script(500)
-    with pytest.raises(PermanentSendError):
+    with pytest.raises(ProviderAuthError):
         bad.send(email(1))
     with pytest.raises(TransientSendError):
         good.send(email(2))

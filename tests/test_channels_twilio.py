@@ -15,7 +15,13 @@ from engage.config import Config, load_config
 from engage.delivery.channels import build_channel
 from engage.delivery.channels.base import Outgoing
 from engage.delivery.channels.twilio import RedirectingHttpClient
-from engage.errors import ConfigError, PermanentSendError, TransientSendError
+from engage.errors import (
+    AmbiguousSendError,
+    ConfigError,
+    PermanentSendError,
+    ProviderAuthError,
+    TransientSendError,
+)
 from engage.testing import FakeTwilio
 
 SID = "AC" + "1234abcd" * 4
@@ -155,14 +161,14 @@ def test_other_client_errors_are_permanent_without_suppression(tw, tmp_path):
     assert info.value.suppress_reason is None
 
 
-def test_wrong_credentials_are_permanent_and_never_echoed(tmp_path):
+def test_wrong_credentials_are_an_auth_error_and_never_echoed(tmp_path):
     wrong = "tw-wrong-token-0000"
     with FakeTwilio(account_sid=SID, auth_token=TOKEN) as tw:
         config = make_config(
             tmp_path, tw.url, env={"TWILIO_ACCOUNT_SID": SID, "TWILIO_AUTH_TOKEN": wrong}
         )
         channel = build_channel(config, "sms")
-        with pytest.raises(PermanentSendError) as info:
+        with pytest.raises(ProviderAuthError) as info:
             channel.send(sms())
     assert tw.requests[0].status == 401
     assert info.value.code == "20003"
@@ -171,15 +177,42 @@ def test_wrong_credentials_are_permanent_and_never_echoed(tmp_path):
     assert info.value.__cause__ is None and info.value.__suppress_context__
 
 
-def test_a_hanging_provider_hits_the_timeout(tw, tmp_path):
+def test_a_hanging_provider_hits_the_timeout_and_may_have_the_message(tw, tmp_path):
     channel = build_channel(make_config(tmp_path, tw.url, timeout=0.5), "sms")
     tw.script("hang", seconds=30)
     started = time.monotonic()
-    with pytest.raises(TransientSendError) as info:
+    with pytest.raises(AmbiguousSendError) as info:
         channel.send(sms())
     assert info.value.code == "timeout"
     assert time.monotonic() - started < 5  # the SDK's default would wait 30 s
     assert len(tw.requests) == 1
+
+
+def test_an_answer_after_the_timeout_or_a_drop_is_ambiguous(tw, tmp_path):
+    channel = build_channel(make_config(tmp_path, tw.url, timeout=0.3), "sms")
+    tw.script(201, delay=1.0)
+    with pytest.raises(AmbiguousSendError) as late:
+        channel.send(sms())
+    tw.script("drop")
+    with pytest.raises(AmbiguousSendError) as dropped:
+        channel.send(sms(8))
+    assert (late.value.code, dropped.value.code) == ("timeout", "network")
+    assert TO not in str(dropped.value)
+    assert channel.send(sms(9)).provider_id
+    deadline = time.monotonic() + 5
+    while len(tw.requests) < 3 and time.monotonic() < deadline:  # the late answer is logged
+        time.sleep(0.05)
+    assert sorted(r.status or 0 for r in tw.requests) == [0, 201, 201]
+
+
+def test_a_connect_timeout_is_transient_and_marked_not_sent(tmp_path):
+    from .test_channels_sendgrid import full_backlog
+
+    with full_backlog() as url:
+        channel = build_channel(make_config(tmp_path, url, timeout=0.3), "sms")
+        with pytest.raises(TransientSendError) as info:
+            channel.send(sms())
+    assert info.value.code == "connect"
 
 
 def test_unreachable_host_is_transient_and_marked_not_sent(tmp_path):

@@ -152,8 +152,15 @@ def test_kill_9_at_random_points_then_restart_never_sends_twice(
         assert sum(counts.values()) == 2000
         assert set(counts) <= {"sent", "unknown"}
         assert not per_message or max(per_message.values()) == 1  # none sent twice
-        # only what a killed process had claimed can be unknown: at most a batch per kill
-        assert counts["unknown"] <= 4 * 100, counts
+        # Only what a killed process had started can be unknown, not its whole
+        # batch: its requests in flight (dispatch.workers, 8 here) and the
+        # outcomes it had not written yet (at most RECORD_EVERY) per kill; and
+        # an unknown message without a request at the provider was in flight.
+        from engage.delivery.dispatch import RECORD_EVERY
+
+        assert counts["unknown"] <= 4 * (8 + RECORD_EVERY), counts
+        unknown = [mid for mid, status in _statuses(p) if status == "unknown"]
+        assert sum(1 for mid in unknown if str(mid) not in per_message) <= 4 * 8
         with p.engine.connect() as conn:
             rows = conn.execute(select(Message.id, Message.status)).all()
         for mid, status in rows:
@@ -204,6 +211,11 @@ def test_catch_up_after_three_hours_down_runs_the_latest_and_records_older_misse
         st = p.status()
         assert st["missed_total"] == 2
         assert st["campaigns"][0]["last_run"] == latest.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _statuses(p: Project) -> list[tuple[int, str]]:
+    with p.engine.connect() as conn:
+        return [(r.id, r.status) for r in conn.execute(select(Message.id, Message.status))]
 
 
 def _config_for(p: Project):  # noqa: ANN202 - a Config for reading a campaign file in-process

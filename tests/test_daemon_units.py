@@ -8,14 +8,13 @@ import logging
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import pytest
 from sqlalchemy import Engine, insert, select
 
 from engage.campaigns.loader import load_campaign_file
 from engage.daemon.scheduler import campaign_jobs, make_scheduler, sync_campaigns
 from engage.db.models import CampaignRun
 from engage.logs import mask_pii, setup_logging
-from engage.planning.catchup import find_due, occurrence_lock, plan_due
+from engage.planning.catchup import find_due, plan_due
 
 from .helpers import make_config
 from .test_daemon_support import campaign_yaml
@@ -130,17 +129,3 @@ def test_sync_campaigns_adds_reschedules_and_removes(tmp_path: Path) -> None:
         assert sync.removed == ["hourly"] and campaign_jobs(scheduler) == {}
     finally:
         scheduler.shutdown(wait=False)
-
-
-@pytest.mark.postgres
-def test_planning_an_occurrence_is_serialized_across_sessions(engine: Engine) -> None:
-    if engine.dialect.name != "postgresql":
-        pytest.skip("advisory locks are PostgreSQL's")
-    with occurrence_lock(engine, "hourly", NOW) as first:
-        assert first
-        with occurrence_lock(engine, "hourly", NOW) as second:
-            assert not second  # another session holds it
-        with occurrence_lock(engine, "hourly", NOW + timedelta(hours=1)) as other:
-            assert other  # a different occurrence is free
-    with occurrence_lock(engine, "hourly", NOW) as again:
-        assert again  # released with its transaction

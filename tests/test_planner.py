@@ -263,3 +263,116 @@ def test_preview_applies_the_same_rules_as_planning(engine: Engine, tmp_path: Pa
     after = preview_message(engine, config, c, "ann", NOW + timedelta(days=1))
     assert (after.decision, after.reason) == ("skip", "reentry")
     assert after.email is not None  # the content is still shown
+
+
+def test_planned_messages_expire_after_their_campaigns_expires_after(
+    engine: Engine, tmp_path: Path
+) -> None:
+    config = make_config(tmp_path)
+    add_customer(engine, "c1")
+    plan_occurrence(engine, config, campaign(), NOW, now=NOW)
+    plan_occurrence(engine, config, campaign(name="quick", expires_after="6h"), NOW, now=NOW)
+    by = {m.campaign: m.expires_at for m in messages(engine)}
+    assert by == {"winback-30d": NOW + timedelta(hours=24), "quick": NOW + timedelta(hours=6)}
+
+
+def _plan_together(engine: Engine, config: Config, jobs: list[tuple[Campaign, datetime]]) -> None:
+    """Plan several occurrences at the same moment from several threads (each
+    with its own connections, as separate processes would)."""
+    import threading
+
+    start = threading.Barrier(len(jobs))
+    errors: list[BaseException] = []
+
+    def plan(c: Campaign, at: datetime) -> None:
+        try:
+            start.wait()
+            plan_occurrence(engine, config, c, at, now=at, batch=40)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=plan, args=job) for job in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+
+
+def test_concurrent_planners_never_double_spend_the_frequency_cap(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """Two campaigns planned at once compete for each customer's one slot:
+    whoever plans second sees the first one's messages."""
+    config = make_config(tmp_path, frequency_cap={"max_messages": 1, "per": "7d"})
+    with engine.begin() as conn:
+        conn.execute(
+            insert(Customer),
+            [
+                {
+                    "id": f"c{n:03d}",
+                    "email": f"c{n:03d}@example.com",
+                    "email_opt_in": True,
+                    "timezone": "UTC",
+                    "attributes": {},
+                    "created_at": NOW - timedelta(days=400),
+                }
+                for n in range(400)
+            ],
+        )
+    first, second = campaign(name="first", audience={}), campaign(name="second", audience={})
+    _plan_together(engine, config, [(first, NOW), (second, NOW)])
+    with engine.connect() as conn:
+        per_customer = conn.execute(
+            select(Message.customer_id, func.count())
+            .where(Message.status == "planned")
+            .group_by(Message.customer_id)
+        ).all()
+    assert len(per_customer) == 400 and max(n for _, n in per_customer) == 1
+
+
+def test_two_occurrences_planned_at_once_message_nobody_twice(
+    engine: Engine, tmp_path: Path
+) -> None:
+    config = make_config(tmp_path)
+    with engine.begin() as conn:
+        conn.execute(
+            insert(Customer),
+            [
+                {
+                    "id": f"c{n:03d}",
+                    "email": f"c{n:03d}@example.com",
+                    "email_opt_in": True,
+                    "timezone": "UTC",
+                    "attributes": {},
+                    "created_at": NOW - timedelta(days=400),
+                }
+                for n in range(400)
+            ],
+        )
+    once = campaign(audience={}, reentry="once", exempt_from_frequency_cap=True)
+    _plan_together(engine, config, [(once, NOW), (once, NOW + timedelta(minutes=1))])
+    with engine.connect() as conn:
+        per_customer = conn.execute(
+            select(Message.customer_id, func.count()).group_by(Message.customer_id)
+        ).all()
+    assert len(per_customer) == 400 and max(n for _, n in per_customer) == 1
+
+
+def test_an_earlier_occurrence_planned_after_a_later_one_messages_nobody_twice(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """A restarted worker catches up 19:00 just after another planned 19:01:
+    the 19:01 messages were planned later than 19:00, but they exist, and
+    reentry (and the cap) must count them."""
+    config = make_config(tmp_path, frequency_cap={"max_messages": 1, "per": "7d"})
+    for n in range(5):
+        add_customer(engine, f"c{n}")
+    once = campaign(audience={}, reentry="once")
+    minute = NOW + timedelta(minutes=1)
+    later = plan_occurrence(engine, config, once, minute, now=minute)
+    caught_up = plan_occurrence(engine, config, once, NOW, now=minute + timedelta(seconds=1))
+    assert later.inserted == 5 and caught_up.inserted == 0
+    assert caught_up.counts["reentry"] == 5
+    other = plan_occurrence(engine, config, campaign(name="other", audience={}), NOW, now=minute)
+    assert other.inserted == 0 and other.counts["frequency_cap"] == 5

@@ -258,6 +258,9 @@ class Campaign(_Strict):
     holdout: Annotated[float, BeforeValidator(_fraction)] = 0.0
     priority: StrictInt = 50
     send_window: Window | None = None
+    # A message not sent this long after its occurrence (windows, a backlog,
+    # retries, downtime) is dropped as stale: state ``expired``.
+    expires_after: PositiveDuration = timedelta(hours=24)
     exempt_from_frequency_cap: StrictBool = False
     utm: dict[StrictStr, StrictStr] | None = None
     transactional: StrictBool = False

@@ -1,7 +1,7 @@
 """The ``engage run`` process: start-up checks, jobs, hot reload, signals, shutdown.
 
 What each job does lives elsewhere (``catchup.plan_due``, the ``Dispatcher``,
-``dispatch.expire_leases``, ``status.heartbeat``); which job runs when is
+``states.expire_leases``, ``status.heartbeat``); which job runs when is
 ``scheduler.py``. This module owns the process around them:
 
 * **start**: the schema is at head; on SQLite an exclusive ``flock`` on
@@ -42,6 +42,7 @@ from sqlalchemy.engine import make_url
 from ..campaigns.loader import collect_campaigns
 from ..campaigns.schema import Campaign
 from ..config import Config, default_config_path, load_config
+from ..db.states import Expired
 from ..delivery.channels import build_channels
 from ..delivery.dispatch import Dispatcher, DispatchStats, default_owner, expire_leases
 from ..delivery.outbox import counts_by_status
@@ -126,7 +127,7 @@ class OnceReport:
 
     plans: list[PlanResult] = field(default_factory=list)
     dispatch: DispatchStats = field(default_factory=DispatchStats)
-    expired: int = 0
+    expired: Expired = field(default_factory=lambda: Expired(0, 0))
     problems: list[Problem] = field(default_factory=list)  # campaign files that did not load
     failures: list[str] = field(default_factory=list)  # one line per campaign that failed
 
@@ -144,7 +145,8 @@ class OnceReport:
         text = (
             f"planned {len(fresh)} occurrence(s) with {self.inserted:,} new messages; "
             f"dispatched {self.dispatch.claimed:,} ({outcomes or 'nothing due'}); "
-            f"{self.expired:,} expired lease(s) marked unknown"
+            f"lost leases: {self.expired.released:,} message(s) back in the queue, "
+            f"{self.expired.unknown:,} marked unknown"
         )
         if self.failures:
             text += f"; {len(self.failures)} campaign(s) failed"
@@ -299,17 +301,27 @@ class Daemon:
         """Send what is due until nothing is (or we are stopping)."""
         with self._job("dispatch") as go:
             if go:
-                self.dispatcher.run_once(tally=self.totals)
+                stats = self.dispatcher.run_once(tally=self.totals)
+                for kind, why in stats.refused.items():
+                    log.error(
+                        f"{kind} stopped until the next dispatch: {why}",
+                        extra={"event": "channel_refused", "channel": kind},
+                    )
             self._close_retired()
 
     def expire(self) -> None:
         with self._job("expire") as go:
             if go:
-                n = expire_leases(self.engine, utcnow())
-                if n:
+                lost = expire_leases(self.engine)
+                if any(lost):
                     log.warning(
-                        "leases expired: messages marked unknown (never resent automatically)",
-                        extra={"event": "leases_expired", "count": n},
+                        "leases expired: reserved messages back in the queue, started ones "
+                        "marked unknown (never resent automatically)",
+                        extra={
+                            "event": "leases_expired",
+                            "released": lost.released,
+                            "unknown": lost.unknown,
+                        },
                     )
 
     def beat(self) -> None:
@@ -431,7 +443,7 @@ class Daemon:
         """Expire leases, plan every due occurrence (with catch-up), send what is due."""
         report = OnceReport(problems=list(self.load_errors))
         self.install_signals()
-        report.expired = expire_leases(self.engine, utcnow())
+        report.expired = expire_leases(self.engine)
         now = utcnow()
         for campaign in self.enabled():
             if self.stop.is_set():

@@ -1,14 +1,15 @@
-"""Dialect-aware bulk writes shared by the planner, dispatch and ingest.
+"""Set-based reads and writes shared by the planner, dispatch and ingest.
 
-PostgreSQL: rows travel as one JSON document expanded by
-``jsonb_to_recordset`` — a single statement, a single parameter, whatever the
-batch size. (A multi-VALUES INSERT with thousands of placeholders spends most
-of its time in the driver's query parsing, and psycopg's executemany
-rowcounts are not exact.) SQLite: the same shape, one JSON array expanded by
-``json_each``.
+A batch of rows travels as **one JSON parameter** expanded by the database:
+``jsonb_to_recordset`` on PostgreSQL, ``json_each`` on SQLite. One statement
+and one parameter whatever the batch size: a multi-VALUES statement with
+thousands of placeholders spends most of its time in the driver's query
+parsing (psycopg) or in SQLAlchemy's per-row parameter processing, and an
+``executemany`` releases and retakes the GIL around every row (SQLite), which
+starves the planner's background lanes.
 
 ``in_values`` is the read-side twin: membership in a Python list as one
-array parameter on PostgreSQL.
+parameter. ``all_rows`` fetches a result in one driver call.
 """
 
 from __future__ import annotations
@@ -33,14 +34,9 @@ from sqlalchemy import (
     column,
     func,
     select,
-    text,
+    true,
     update,
 )
-
-# PostgreSQL's dialect module is imported where it is used: on SQLite it is
-# never needed, and it was a fifth of the imports of the dispatcher's helper
-# process (0.09 s of CPU at every start).
-from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.selectable import CompoundSelect, Select
 from sqlalchemy.sql.visitors import InternalTraversal
@@ -49,116 +45,158 @@ from ..timeutil import ensure_utc
 
 
 def insert_ignore(
-    conn: Connection, table: Table, rows: Sequence[dict[str, Any]], keys: Sequence[str]
+    conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]], keys: Sequence[str]
 ) -> int:
-    """``INSERT ... ON CONFLICT (keys) DO NOTHING``; returns rows actually inserted.
+    """``INSERT … ON CONFLICT (keys) DO NOTHING``; returns the rows inserted.
 
-    Every row must carry the same columns (the first row's keys are used).
+    Every row must carry the same columns (the first row's keys are used)."""
+    if not rows:
+        return 0
+    cols = list(rows[0])
+    source = _rows_source(conn, table, cols, rows)
+    counted = {"preserve_rowcount": True}  # SQLAlchemy keeps INSERT row counts only if asked
+    if source is None:  # SQLite, values JSON cannot carry: the plain Core insert
+        stmt = _insert(conn, table).on_conflict_do_nothing(index_elements=list(keys))
+        return int(conn.execute(stmt, [dict(r) for r in rows], execution_options=counted).rowcount)
+    # WHERE true: SQLite's upsert after a SELECT needs a WHERE to parse.
+    picked = select(*(source.c[c] for c in cols)).where(true())
+    stmt = _insert(conn, table).from_select(cols, picked)
+    stmt = stmt.on_conflict_do_nothing(index_elements=list(keys))
+    return int(conn.execute(stmt, execution_options=counted).rowcount)
+
+
+def _insert(conn: Connection, table: Table) -> Any:
+    """The dialect's INSERT (with ``on_conflict_do_nothing``)."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table)
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(table)
+
+
+def update_rows(
+    conn: Connection,
+    table: Table,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    keys: Sequence[str],
+    values: Mapping[str, Any] | None = None,
+    where: Sequence[ColumnElement[bool]] = (),
+) -> int:
+    """For every row: ``UPDATE table SET <its other columns>, <values> WHERE
+    <its keys match> AND <where>``, as one statement. Returns the rows updated.
+
+    Every row must carry the same columns (the first row's keys are used);
+    ``values`` are set on every row (constants or SQL expressions). Column
+    defaults and ``onupdate`` are not applied: pass every value.
     """
     if not rows:
         return 0
-    if conn.dialect.name == "postgresql":
-        return _pg_insert_ignore(conn, table, rows, keys)
-    if conn.dialect.name == "sqlite":
-        return _sqlite_insert_ignore(conn, table, rows, keys)
-    stmt = (
-        sqlite.insert(table)
-        .on_conflict_do_nothing(index_elements=list(keys))
-        .returning(table.c[keys[0]])
-    )
-    return len(conn.execute(stmt, list(rows)).all())
-
-
-def _sqlite_insert_ignore(
-    conn: Connection, table: Table, rows: Sequence[dict[str, Any]], keys: Sequence[str]
-) -> int:
-    """One statement whatever the batch size: the rows travel as one JSON
-    array expanded by ``json_each`` (see ``_SqliteJsonRows``).
-
-    Why not the Core insert: SQLAlchemy's insertmanyvalues path builds and
-    bind-processes a parameter dict per row, several times the cost of the
-    insert itself at 100,000 rows. Why not the driver's ``executemany``, which
-    costs the same on one thread: it releases and retakes the GIL around every
-    row, and each retake waits out the switch interval of any busy thread, so
-    a planner writing on one thread while deciding on another would crawl. One
-    statement releases the GIL once.
-    """
-    prep = conn.dialect.identifier_preparer
     cols = list(rows[0])
-    data = _SqliteJsonRows(conn.dialect, table, cols, rows)
-    into = f"INSERT INTO {prep.format_table(table)} ({', '.join(prep.quote(c) for c in cols)}) "
-    conflict = f"ON CONFLICT ({', '.join(prep.quote(k) for k in keys)}) DO NOTHING"
-    if data.payload is None:
-        sql = f"{into}VALUES ({', '.join('?' for _ in cols)}) {conflict}"
-        return int(conn.exec_driver_sql(sql, data.tuples()).rowcount)
-    picks = ", ".join(data.picks("value"))
-    sql = f"{into}SELECT {picks} FROM json_each(?) WHERE true {conflict}"
-    return int(conn.exec_driver_sql(sql, (*data.constants, data.payload)).rowcount)
+    per_row = [c for c in cols if c not in keys]
+    source = _rows_source(conn, table, cols, rows)
+    if source is None:  # SQLite, values JSON cannot carry: a statement per row
+        stmt = (
+            update(table)
+            .where(*(table.c[k] == bindparam(f"k_{k}") for k in keys), *where)
+            .values({**{c: bindparam(f"v_{c}") for c in per_row}, **(values or {})})
+        )
+        params = [
+            {**{f"k_{k}": r[k] for k in keys}, **{f"v_{c}": r[c] for c in per_row}} for r in rows
+        ]
+        return sum(int(conn.execute(stmt, p).rowcount) for p in params)
+    stmt = (
+        update(table)
+        .where(*(table.c[k] == source.c[k] for k in keys), *where)
+        .values({**{c: source.c[c] for c in per_row}, **(values or {})})
+    )
+    return int(conn.execute(stmt).rowcount)
 
 
-class _SqliteJsonRows:
-    """Rows of ``table`` as one JSON array for SQLite's ``json_each``.
+def _rows_source(
+    conn: Connection, table: Table, cols: Sequence[str], rows: Sequence[Mapping[str, Any]]
+) -> Any:
+    """``rows`` as a derived table ``v`` with one typed column per name in
+    ``cols``, or None (SQLite only) when JSON would change a value."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import JSONB
 
-    Each column's bind processor (the column type's own, so stored values are
-    identical) runs once per distinct value: a plan's instants take a handful
-    of values. ``json_extract`` returns SQL text, integers, reals and NULL
-    exactly as the processed values would bind. A column with the same value
-    in every row (a plan's campaign, run, template, instants; an outcome's
-    status) is bound once instead: less JSON to build and to parse.
-    ``payload`` is None when JSON would change a value (NUL, which ends text
-    in SQLite's JSON; lone surrogates; integers beyond 64 bits; NaN or
-    infinity): callers then bind ``tuples()`` row by row instead.
-    """
-
-    def __init__(
-        self, dialect: Any, table: Table, cols: Sequence[str], rows: Sequence[dict[str, Any]]
-    ) -> None:
-        self.columns: list[list[Any]] = []
-        for c in cols:
-            proc = table.c[c].type._cached_bind_processor(dialect)
-            values = [row[c] for row in rows]
-            self.columns.append(values if proc is None else list(map(_memoized(proc), values)))
-        self.constants: list[Any] = []
-        self._slots: list[int | None] = []  # JSON array index of each column, None: constant
-        varying: list[list[Any]] = []
-        for values in self.columns:
-            first = values[0]
-            # count() first: one C loop that fails fast for the usual varying column;
-            # then the types (True == 1 == 1.0), which text and NULL cannot mix.
-            if values.count(first) == len(values) and (
-                first is None or type(first) is str or all(type(v) is type(first) for v in values)
-            ):
-                self._slots.append(None)
-                self.constants.append(first)
-            else:
-                self._slots.append(len(varying))
-                varying.append(values)
-        try:
-            payload: str | None = json.dumps(
-                list(zip(*varying, strict=True)) if varying else [[]] * len(rows), allow_nan=False
-            )
-        except ValueError:  # NaN or infinity: no such JSON number
-            payload = None
-        self.payload = None if payload is None or _NOT_JSON_SAFE.search(payload) else payload
-
-    def picks(self, value: str) -> list[str]:
-        """Per column: ``?`` (a constant, bound in ``constants`` order) or the
-        ``json_extract`` of its slot from the ``json_each`` column ``value``."""
-        return ["?" if i is None else f"json_extract({value}, '$[{i}]')" for i in self._slots]
-
-    def tuples(self) -> list[tuple[Any, ...]]:
-        return list(zip(*self.columns, strict=True))
+        records = json.dumps(
+            [{c: r[c] for c in cols} for r in rows], default=_memoized(_json_default)
+        )
+        return (
+            func.jsonb_to_recordset(cast(bindparam("rows", records, type_=String()), JSONB))
+            .table_valued(*(column(c, table.c[c].type) for c in cols))
+            .render_derived(name="v", with_types=True)
+        )
+    # A column with one value in every row (a plan's campaign, run, template,
+    # instants; an outcome's status) is bound once as a parameter; the others
+    # travel in one JSON array of arrays, read back with json_extract.
+    constant = {c: values[0] for c in cols if _constant(values := [r[c] for r in rows])}
+    varying = [c for c in cols if c not in constant]
+    payload = _sqlite_payload(conn, table, varying, rows)
+    if payload is None:
+        return None
+    each = func.json_each(bindparam("rows", payload, type_=String())).table_valued(
+        "value", name="j"
+    )
+    slot = {c: i for i, c in enumerate(varying)}
+    picks = (
+        bindparam(f"c_{c}", constant[c], type_=table.c[c].type).label(c)
+        if c in constant
+        # json_extract gives back exactly what the column's bind processor made
+        # of the value (text, integer, real, NULL): stored as a plain insert would.
+        else func.json_extract(each.c.value, f"$[{slot[c]}]").label(c)
+        for c in cols
+    )
+    return select(*picks).subquery("v")
 
 
-# In a JSON text: an escaped NUL or lone surrogate, or a number of 19+ digits
-# (also matches such digits inside a string: then the safe path is taken anyway).
-_NOT_JSON_SAFE = re.compile(r"\\u0000|\\ud[89a-f]|\d{19}", re.IGNORECASE)
+def _constant(values: list[Any]) -> bool:
+    first = values[0]
+    # count() first: one C loop that fails fast for the usual varying column;
+    # then the types (True == 1 == 1.0 must not pass for one value).
+    return values.count(first) == len(values) and (
+        first is None or all(type(v) is type(first) for v in values)
+    )
 
 
-def _bound(dialect: Any, type_: Any, value: Any) -> Any:
-    """``value`` as the column type binds it on ``dialect``."""
-    proc = type_._cached_bind_processor(dialect)
-    return value if proc is None else proc(value)
+# Escapes in a JSON text that SQLite's JSON functions would not read back as
+# written: NUL ends the text there, and a lone surrogate becomes invalid UTF-8.
+_NOT_SQLITE_JSON = re.compile(
+    r"\\u0000|\\ud[89ab][0-9a-f]{2}(?!\\ud[c-f])|(?<!\\ud[89ab][0-9a-f]{2})\\ud[c-f][0-9a-f]{2}",
+    re.IGNORECASE,
+)
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _sqlite_payload(
+    conn: Connection, table: Table, cols: Sequence[str], rows: Sequence[Mapping[str, Any]]
+) -> str | None:
+    """The rows' ``cols`` as one JSON array of arrays, each value as its column
+    type binds it on SQLite (instants as stored text, booleans as 0/1, JSON as
+    text, money as a real), converted once per distinct value. None when JSON
+    would change a value: NUL or a lone surrogate in a text, an integer beyond
+    64 bits (JSON would make it a real), NaN or infinity."""
+    columns = []
+    for c in cols:
+        proc = table.c[c].type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
+        values = [r[c] for r in rows]
+        if proc is not None:
+            values = list(map(_memoized(proc), values))
+        ints = [v for v in values if type(v) is int]
+        if ints and (min(ints) < _INT64[0] or max(ints) > _INT64[1]):
+            return None
+        columns.append(values)
+    try:
+        payload = json.dumps(list(zip(*columns, strict=True)) or [[]] * len(rows), allow_nan=False)
+    except ValueError:  # NaN or infinity
+        return None
+    if ("\\u0000" in payload or "\\ud" in payload) and _NOT_SQLITE_JSON.search(payload):
+        return None
+    return payload
 
 
 def _memoized(proc: Any) -> Any:
@@ -190,97 +228,6 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, Decimal):
         return str(value)
     raise TypeError(f"cannot send {type(value).__name__} through jsonb_to_recordset")
-
-
-def _pg_insert_ignore(
-    conn: Connection, table: Table, rows: Sequence[dict[str, Any]], keys: Sequence[str]
-) -> int:
-    dialect = conn.dialect
-    cols = list(rows[0])
-    prep = conn.dialect.identifier_preparer
-    names = ", ".join(prep.quote(c) for c in cols)
-    record = ", ".join(
-        f"{prep.quote(c)} {table.c[c].type.compile(dialect=dialect)}" for c in cols
-    )
-    conflict = ", ".join(prep.quote(k) for k in keys)
-    sql = text(
-        f"INSERT INTO {prep.format_table(table)} ({names}) "
-        f"SELECT {names} FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r({record}) "
-        f"ON CONFLICT ({conflict}) DO NOTHING RETURNING 1"
-    )
-    # A plan's rows share a few instants: serialise each distinct one once.
-    payload = json.dumps(list(rows), default=_memoized(_json_default))
-    return len(conn.execute(sql, {"rows": payload}).all())
-
-
-def update_rows(
-    conn: Connection,
-    table: Table,
-    rows: Sequence[dict[str, Any]],
-    key: str,
-    guard: Mapping[str, Any] | None = None,
-) -> int:
-    """For every row: ``UPDATE table SET <its other columns> WHERE key = <its
-    key>`` and every ``guard`` column equals its value. Returns the number of
-    rows updated.
-
-    Every row must carry the same columns (the first row's keys are used). One
-    statement whatever the number of rows, the targets found by their key:
-    PostgreSQL joins the rows as one JSON document (``jsonb_to_recordset``),
-    SQLite as one JSON array (``json_each``), with the guard columns kept from
-    driving the query (``+column``). (A statement per row was psycopg's
-    executemany, prepared generically: from the statistics of an outbox that
-    was empty when last analyzed, PostgreSQL planned each as a sequential
-    scan. On SQLite one statement costs 40% of an executemany's CPU.)
-    Column defaults and ``onupdate`` are not applied: pass every value.
-    """
-    if not rows:
-        return 0
-    guard = dict(guard or {})
-    if any(v is None for v in guard.values()):
-        raise ValueError("update_rows guards compare with =, never with NULL")
-    cols = [c for c in rows[0] if c != key]
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import JSONB
-
-        values = (
-            func.jsonb_to_recordset(cast(bindparam("rows", type_=String()), JSONB))
-            .table_valued(*(column(c, table.c[c].type) for c in [key, *cols]))
-            .render_derived(name="v", with_types=True)
-        )
-        stmt = (
-            update(table)
-            .where(table.c[key] == values.c[key], *(table.c[c] == v for c, v in guard.items()))
-            .values({c: values.c[c] for c in cols})
-        )
-        payload = json.dumps(list(rows), default=_memoized(_json_default))
-        return int(conn.execute(stmt, {"rows": payload}).rowcount)
-    prep = conn.dialect.identifier_preparer
-    name = prep.format_table(table)
-    data = _SqliteJsonRows(conn.dialect, table, [key, *cols], rows)
-    where = [f"+{name}.{prep.quote(c)} = ?" for c in guard]
-    guard_values = [_bound(conn.dialect, table.c[c].type, v) for c, v in guard.items()]
-    if data.payload is None:  # values JSON would change: one row at a time
-        sets = ", ".join(f"{prep.quote(c)} = ?" for c in cols)
-        sql = f"UPDATE {name} SET {sets} WHERE {' AND '.join([f'{prep.quote(key)} = ?', *where])}"
-        params = [(*row[1:], row[0], *guard_values) for row in data.tuples()]
-        return int(conn.exec_driver_sql(sql, params).rowcount)
-    key_pick, *picks = data.picks("v.value")
-    sets = ", ".join(f"{prep.quote(c)} = {pick}" for c, pick in zip(cols, picks, strict=True))
-    sql = (
-        f"UPDATE {name} SET {sets} FROM json_each(?) AS v "
-        f"WHERE {' AND '.join([f'{name}.{prep.quote(key)} = {key_pick}', *where])}"
-    )
-    # Parameters in the order of their "?": SET constants, the JSON, the key
-    # (if constant), the guards.
-    constants = iter(data.constants)
-    key_constant = [next(constants)] if key_pick == "?" else []
-    set_constants = list(constants)
-    return int(
-        conn.exec_driver_sql(
-            sql, (*set_constants, data.payload, *key_constant, *guard_values)
-        ).rowcount
-    )
 
 
 def all_rows(conn: Connection, query: Select[Any] | CompoundSelect) -> list[tuple[Any, ...]]:
@@ -324,7 +271,7 @@ class _ValueList(TypeDecorator[list[Any]]):
     def process_bind_param(self, value: Any, dialect: Any) -> Any:
         if value is None or dialect.name == "postgresql":
             return value  # the ARRAY binds each item with the item type
-        proc = self.item_type._cached_bind_processor(dialect)
+        proc = self.item_type.dialect_impl(dialect).bind_processor(dialect)
         items = list(value) if proc is None else [proc(v) for v in value]
         return json.dumps(items, default=_json_default)
 
@@ -375,6 +322,18 @@ def _in_values_pg(element: _InValues, compiler: Any, **kw: Any) -> str:
     return str(compiler.process(element.column == any_(element.param), **kw))
 
 
+def in_values(column: ColumnElement[Any], values: Sequence[Any]) -> ColumnElement[bool]:
+    """Membership in a list of Python values, cheap on every backend.
+
+    PostgreSQL gets ``column = ANY(:array)``: one parameter whatever the list
+    length. An ``IN (...)`` list of thousands of placeholders costs more in
+    psycopg's query conversion than the query itself. SQLite gets
+    ``IN (SELECT value FROM json_each(:json))``: also one parameter, where an
+    ``IN`` list makes SQLAlchemy expand and process a placeholder per value.
+    """
+    return _InValues(column, values)
+
+
 class _NoIndex(ColumnElement[Any]):
     """A column the query planner must not pick an index for (see ``no_index``)."""
 
@@ -411,15 +370,3 @@ def no_index(column: ColumnElement[Any]) -> ColumnElement[Any]:
     the outbox instead of probing the batch's customers.
     """
     return _NoIndex(column)
-
-
-def in_values(column: ColumnElement[Any], values: Sequence[Any]) -> ColumnElement[bool]:
-    """Membership in a list of Python values, cheap on every backend.
-
-    PostgreSQL gets ``column = ANY(:array)``: one parameter whatever the list
-    length. An ``IN (...)`` list of thousands of placeholders costs more in
-    psycopg's query conversion than the query itself. SQLite gets
-    ``IN (SELECT value FROM json_each(:json))``: also one parameter, where an
-    ``IN`` list makes SQLAlchemy expand and process a placeholder per value.
-    """
-    return _InValues(column, values)

@@ -16,6 +16,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    CheckConstraint,
     DateTime,
     ForeignKey,
     Index,
@@ -31,7 +32,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
-from .states import State
+from .states import MESSAGE_STATES
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -238,6 +239,9 @@ class Message(Base):
         Index("ix_message_customer_planned", "customer_id", "planned_at"),
         Index("ix_message_campaign_customer", "campaign", "customer_id"),
         Index("ix_message_run_status", "run_id", "status"),  # what each occurrence did
+        CheckConstraint(
+            "status IN (" + ", ".join(f"'{s}'" for s in MESSAGE_STATES) + ")", name="status"
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
@@ -252,13 +256,17 @@ class Message(Base):
     template: Mapped[str] = mapped_column(String(100))
     priority: Mapped[int] = mapped_column(Integer, default=50)
     counts_toward_cap: Mapped[bool] = mapped_column(Boolean, default=True)
-    status: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))  # engage.db.states.State
     planned_at: Mapped[datetime]
     send_after: Mapped[datetime]
     next_attempt_at: Mapped[datetime | None]
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # While claimed or sending (engage.db.states): which process, the claim's
+    # token (every move of a held row checks it) and when the lease runs out.
     lease_owner: Mapped[str | None] = mapped_column(String(100))
+    claim: Mapped[str | None] = mapped_column(String(32))
     lease_expires_at: Mapped[datetime | None]
+    expires_at: Mapped[datetime | None]  # not sent by then: expired (the campaign's expires_after)
     provider: Mapped[str | None] = mapped_column(String(32))
     provider_id: Mapped[str | None] = mapped_column(String(100), index=True)
     sent_at: Mapped[datetime | None]
@@ -331,5 +339,3 @@ SUPPRESSION_REASONS = (
     "invalid_address",
     "manual",
 )
-
-MESSAGE_STATES = tuple(s.value for s in State)  # the lifecycle: engage.db.states

@@ -1,11 +1,29 @@
-"""Claim due messages, render them from current data, send, record — at most once.
+"""Send what is due, at most once, with enough requests in flight to hide the
+providers' latency.
 
-The order of operations is the guarantee: a message is marked ``sending``
-with a lease and *committed* before the provider is called. If the process
-dies after that, the row stays ``sending`` until its lease runs out and then
-becomes ``unknown``; nothing resends it unless an operator re-queues it.
-Transient failures retry with exponential backoff and jitter (honouring
-``Retry-After``) up to ``max_attempts``; permanent failures never retry.
+One plain loop per process (``Dispatcher.run_once``), every state change
+through ``engage.db.states``:
+
+1. **claim** a batch: due messages become ``claimed`` under this claim's token
+   and a lease. Nothing is ambiguous yet: if the process dies now, the lease
+   runs out and the messages go back to the queue untouched.
+2. **prepare** it (``prepare.py``): current data, consent and suppressions,
+   the send window *now*, expiry, rendering.
+3. **start** as many as there are free request slots (``dispatch.workers``)
+   and rate-limit tokens: they become ``sending`` in one guarded UPDATE, and
+   only then go to the send pool. A crash leaves at most those ``unknown``.
+4. **record** outcomes as they come back, in bulk, guarded by the claim token:
+   an outcome of a claim that expired (and was re-queued and claimed again)
+   changes nothing.
+
+The pool's threads only call the providers (the SDKs are synchronous); with
+a hundred or more requests in flight, a provider answering in 100–300 ms
+costs throughput nothing. Failures: transient ones (known not to have reached
+the provider) retry with exponential backoff and jitter, honouring
+``Retry-After``, up to ``max_attempts``; a timeout or a dropped connection
+after the request was written makes the message ``unknown``; permanent ones
+fail; refused credentials stop that channel for the run and give its
+messages back untouched.
 """
 
 from __future__ import annotations
@@ -14,41 +32,42 @@ import logging
 import os
 import queue
 import random
+import secrets
 import socket
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future
-from dataclasses import dataclass, field
+from contextlib import nullcontext
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Engine, Table, and_, or_, select, update
+from sqlalchemy import Connection, Engine
 
 from ..config import Config
-from ..db.bulk import update_rows
-from ..db.models import Message
-from ..errors import PermanentSendError, SendError, TransientSendError
+from ..db import states
+from ..db.states import ClaimedRow, State
+from ..errors import (
+    AmbiguousSendError,
+    PermanentSendError,
+    ProviderAuthError,
+    SendError,
+    TransientSendError,
+)
 from ..planning import suppressions
 from ..templating.renderer import Renderer
 from ..timeutil import utcnow
 from .channels.base import Channel
-from .prepare import Claimed, Helper, Outcome, Ready, helper_url, prepare
+from .prepare import Outcome, Ready, outcome, prepare
 
 log = logging.getLogger(__name__)
-M = cast(Table, Message.__table__)
 
-DUE_STATES = ("planned", "retry")
-REQUEUE_STATES = ("unknown", "failed", "render_error", "cancelled")
-
-# Outcomes are written by the batch thread in chunks: at most this many, or
-# after this long, so few sent-but-unrecorded rows exist at any moment (a crash
-# leaves them ``sending`` -> ``unknown``: correct, but noisy).
+# Outcomes are written in chunks: this many, or after this long.
 RECORD_EVERY = 50
-RECORD_SECONDS = 0.5
-# The helper process (see prepare.py) starts at the first claim of this many.
-HELPER_MIN_BATCH = 50
+RECORD_SECONDS = 0.1
+# A rate limiter lets this much of a second's worth of sends go at once.
+BURST_SECONDS = 0.1
 
 
 def default_owner() -> str:
@@ -76,190 +95,84 @@ def backoff_delay(
 
 
 class TokenBucket:
-    """Thread-safe rate limiter: at most ``rate`` acquisitions per second on average,
-    bursts of at most ``burst``."""
+    """At most ``rate`` sends per second on average, ``rate × BURST_SECONDS``
+    (at least one) at once. Used by the dispatch loop's thread only."""
 
-    def __init__(
-        self, rate: float, burst: float = 1.0, clock: Callable[[], float] = time.monotonic
-    ):
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic):
         self.rate = rate
-        self.burst = max(burst, 1.0)
+        self.burst = max(1.0, rate * BURST_SECONDS)
         self._tokens = self.burst
         self._clock = clock
         self._last = clock()
-        self._lock = threading.Lock()
 
-    def acquire(self, stop: threading.Event | None = None) -> bool:
-        """Wait for a token; False if ``stop`` was set while waiting."""
-        while True:
-            with self._lock:
-                now = self._clock()
-                self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
-                self._last = now
-                if self._tokens >= 1:
-                    self._tokens -= 1
-                    return True
-                wait = (1 - self._tokens) / self.rate
-            if stop is not None:
-                if stop.wait(wait):
-                    return False
-            else:
-                time.sleep(wait)
+    def _refill(self) -> None:
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+
+    def take(self, want: int) -> int:
+        """Up to ``want`` tokens, those available now."""
+        self._refill()
+        got = min(want, int(self._tokens))
+        self._tokens -= got
+        return got
+
+    def wait(self) -> float:
+        """Seconds until the next token."""
+        self._refill()
+        return max(0.0, (1 - self._tokens) / self.rate)
 
 
 @dataclass
 class DispatchStats:
     claimed: int = 0
     outcomes: Counter[str] = field(default_factory=Counter)
+    refused: dict[str, str] = field(default_factory=dict)  # channel -> why it stopped
 
     def add(self, other: DispatchStats) -> None:
         self.claimed += other.claimed
         self.outcomes.update(other.outcomes)
+        self.refused.update(other.refused)
 
 
-def claim(
-    engine: Engine,
-    owner: str,
-    now: datetime,
-    limit: int,
-    lease: timedelta,
-    *,
-    campaign: str | None = None,
-    wall_now: datetime | None = None,
-) -> list[Claimed]:
-    """Atomically move up to ``limit`` due messages to ``sending`` under a lease.
+class _SendPool:
+    """Threads that call the providers, started as they are needed (at most
+    ``size``): each takes (message, outcomes queue) pairs from one queue."""
 
-    PostgreSQL: ``FOR UPDATE SKIP LOCKED`` lets any number of workers claim
-    disjoint rows. SQLite: the UPDATE is one write transaction. ``now`` decides
-    what is due (it may be an ``--at`` moment); the lease runs on the wall
-    clock (``wall_now``, default ``now``), because lease expiry does.
-    """
-    wall_now = wall_now or now
-    due = and_(
-        M.c.status.in_(DUE_STATES),
-        M.c.send_after <= now,
-        or_(M.c.next_attempt_at.is_(None), M.c.next_attempt_at <= now),
-    )
-    if campaign is not None:
-        due = and_(due, M.c.campaign == campaign)
-    pick = select(M.c.id).where(due).order_by(M.c.send_after, M.c.id).limit(limit)
-    if engine.dialect.name == "postgresql":
-        # The picked rows are locked, so they are still due: the UPDATE finds
-        # them by primary key only. (With ``due`` repeated there, PostgreSQL
-        # estimated one due row from fresh statistics and drove the UPDATE by
-        # the status index, re-scanning the CTE per due row: 60 ms to claim
-        # 100 of 5,000.)
-        picked = pick.with_for_update(skip_locked=True).cte("picked")
-        target = M.c.id == picked.c.id
-    else:  # one statement inside the single write transaction
-        picked = pick.cte("picked")
-        target = and_(M.c.id == picked.c.id, due)
-    # A CTE runs once. (As ``id IN (subquery)`` PostgreSQL may re-run the
-    # SKIP LOCKED subquery, which then skips the rows just updated and claims
-    # far more than ``limit``.)
-    expires = wall_now + lease
-    stmt = (
-        update(M)
-        .where(target)
-        .values(
-            status="sending",
-            lease_owner=owner,
-            lease_expires_at=expires,
-            attempts=M.c.attempts + 1,
-            updated_at=wall_now,
+    def __init__(
+        self, size: int, send: Callable[[Ready, queue.SimpleQueue[Outcome]], None]
+    ) -> None:
+        self._size, self._send = size, send
+        self._work: queue.SimpleQueue[tuple[Ready, queue.SimpleQueue[Outcome]] | None] = (
+            queue.SimpleQueue()
         )
-        .returning(M.c.id, M.c.campaign, M.c.customer_id, M.c.channel, M.c.template, M.c.attempts)
-    )
-    with engine.begin() as conn:
-        rows = conn.execute(stmt).all()
-    # The lease's end is known here: no need to read it back per row.
-    claimed = [Claimed(i, cmp, cust, ch, tpl, n, expires) for i, cmp, cust, ch, tpl, n in rows]
-    return sorted(claimed, key=lambda c: c.id)
+        self._threads: list[threading.Thread] = []
 
-
-def expire_leases(engine: Engine, now: datetime) -> int:
-    """``sending`` rows whose lease ran out become ``unknown``: the send may have
-    reached the provider, so it is never retried automatically."""
-    with engine.begin() as conn:
-        result = conn.execute(
-            update(M)
-            .where(M.c.status == "sending", M.c.lease_expires_at < now)
-            .values(
-                status="unknown",
-                error="lease expired while sending: the provider may or may not have it",
-                updated_at=now,
+    def put(self, item: Ready, done: queue.SimpleQueue[Outcome], busy: int) -> None:
+        """Hand ``item`` to a thread; ``busy``: items handed out before it and not
+        finished (a thread is started when every one is taken)."""
+        if busy >= len(self._threads) < self._size:
+            thread = threading.Thread(
+                target=self._loop, name=f"engage-send-{len(self._threads)}", daemon=True
             )
-            .returning(M.c.id)
-        )
-        return len(result.all())
+            self._threads.append(thread)
+            thread.start()
+        self._work.put((item, done))
 
+    def _loop(self) -> None:
+        while (work := self._work.get()) is not None:
+            self._send(*work)
 
-def requeue(engine: Engine, ids: Sequence[int], now: datetime) -> dict[int, str]:
-    """Explicitly re-queue messages (the only way ``unknown`` is ever retried).
-
-    Returns what happened to each id: ``requeued``, ``not found`` or
-    ``not requeueable (<status>)``.
-    """
-    out: dict[int, str] = {}
-    with engine.begin() as conn:
-        found = {i: st for i, st in conn.execute(select(M.c.id, M.c.status).where(M.c.id.in_(ids)))}
-        ok = [i for i in ids if found.get(i) in REQUEUE_STATES]
-        if ok:
-            conn.execute(
-                update(M)
-                .where(M.c.id.in_(ok), M.c.status.in_(REQUEUE_STATES))
-                .values(
-                    status="planned",
-                    next_attempt_at=None,
-                    send_after=now,
-                    lease_owner=None,
-                    lease_expires_at=None,
-                    attempts=0,
-                    error=None,
-                    updated_at=now,
-                )
-            )
-    for i in ids:
-        status = found.get(i)
-        out[i] = (
-            "not found"
-            if status is None
-            else "requeued"
-            if status in REQUEUE_STATES
-            else f"not requeueable ({status})"
-        )
-    return out
-
-
-_LEASE_CLEARED = {"lease_owner": None, "lease_expires_at": None}
-
-
-class _Inbox:
-    """Where worker threads leave outcomes. The recorder sleeps until ``want`` of
-    them are there (or a timeout), so it wakes once per chunk, not per message."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
-        self._items: list[Outcome] = []
-        self._want = 1
-
-    def put(self, outcome: Outcome) -> None:
-        with self._cond:
-            self._items.append(outcome)
-            if len(self._items) >= self._want:
-                self._cond.notify()
-
-    def take(self, want: int, timeout: float) -> list[Outcome]:
-        with self._cond:
-            if len(self._items) < want:
-                self._want = want
-                self._cond.wait(timeout)
-            items, self._items = self._items, []
-            return items
+    def close(self) -> None:
+        for _ in self._threads:
+            self._work.put(None)
+        for thread in self._threads:
+            thread.join()
+        self._threads = []
 
 
 class Dispatcher:
-    """Sends due messages through the configured channels with a bounded pool."""
+    """Sends due messages through the configured channels (see the module doc)."""
 
     def __init__(
         self,
@@ -272,6 +185,7 @@ class Dispatcher:
         owner: str | None = None,
         stop: threading.Event | None = None,
         rng: random.Random | None = None,
+        clock: Callable[[], datetime] = utcnow,
     ):
         self.engine = engine
         self.config = config
@@ -281,300 +195,306 @@ class Dispatcher:
         self.owner = owner or default_owner()
         self.stop = stop or threading.Event()
         self.rng = rng or random.Random()
-        d = config.channels
-        self.buckets = {
-            "email": TokenBucket(d.sendgrid.rate_per_second if d.email == "sendgrid" else 1000.0),
-            "sms": TokenBucket(d.twilio.rate_per_second if d.sms == "twilio" else 1000.0),
-        }
-        # The send pool: ``workers`` threads taking (message, inbox) pairs; a
-        # plain queue, since nobody waits on a single send's future.
-        self._sends: queue.SimpleQueue[tuple[Ready, _Inbox] | None] = queue.SimpleQueue()
-        self._threads = [
-            threading.Thread(target=self._send_loop, name=f"engage-send-{n}", daemon=True)
-            for n in range(config.dispatch.workers)
-        ]
-        for thread in self._threads:
-            thread.start()
-        self._helper: Helper | None = None
-        self._helper_url = helper_url(engine) if config.dispatch.helper_process else None
-        self._failure: BaseException | None = None  # a batch that could not be prepared
-        self.helper_prepared = 0  # messages prepared by the helper process so far
-        self._margin = config.dispatch.lease / 4  # of the lease left to start a send
+        self.clock = clock  # the moment of sending: windows, expiry, backoff, sent_at
+        self.pool = _SendPool(config.dispatch.workers, self._send_to)
+        self.buckets = {kind: TokenBucket(self._rate(kind)) for kind in channels}
+
+    def _rate(self, kind: str) -> float:
+        d = self.config.channels
+        if kind == "email" and d.email == "sendgrid":
+            return d.sendgrid.rate_per_second
+        if kind == "sms" and d.sms == "twilio":
+            return d.twilio.rate_per_second
+        return 1e9  # file, console: no provider to protect
 
     def close(self) -> None:
-        if self._helper is not None:
-            self._helper.close()
-            self._helper = None
-        # Only an aborted run_once leaves sends queued: give them back unsent.
-        left: list[Outcome] = []
-        while True:
-            try:
-                work = self._sends.get_nowait()
-            except queue.Empty:
-                break
-            if work is not None:
-                left.append(Outcome(work[0].msg, "released"))
-        if left:
-            try:
-                self._record(left)
-            except Exception:  # their leases run out: unknown, never resent
-                log.exception("cannot release unsent messages", extra={"event": "dispatch_error"})
-        for _ in self._threads:
-            self._sends.put(None)
-        for thread in self._threads:
-            thread.join()
+        self.pool.close()
 
-    # -- sending -------------------------------------------------------------------------
+    # -- the loop ----------------------------------------------------------------------------
     def run_once(
         self,
-        now: datetime | None = None,
+        due_by: datetime | None = None,
         *,
         campaign: str | None = None,
         tally: Counter[str] | None = None,
     ) -> DispatchStats:
         """Claim and send until nothing is due (or ``stop`` is set).
 
-        A pipeline, not batch after batch: the next batch is claimed and its
-        recipients loaded while the previous one is still being sent, so the
-        worker pool never idles on the database, and outcomes are written in
-        chunks as they arrive. Claims top the work in flight up to
-        ``batch_size`` (once half of it is done), never beyond: a crash leaves
-        at most one batch ``sending``. ``now`` (default: the wall clock at each claim)
-        decides what is due; ``tally`` is updated as outcomes are recorded.
+        ``due_by`` decides what is due (an ``--at`` moment; default: now, on the
+        database's clock); ``campaign`` limits the run to one campaign;
+        ``tally`` is updated as outcomes are recorded.
         """
-        cfg = self.config.dispatch
-        refill_at = min(max(cfg.batch_size // 2, cfg.workers), cfg.batch_size - 1)
-        stats = DispatchStats()
-        inbox = _Inbox()
-        in_flight = 0
-        exhausted = False
+        return _Run(self, due_by, campaign, tally).loop()
+
+    # -- one message (on a pool thread) --------------------------------------------------
+    def _send_to(self, ready: Ready, done: queue.SimpleQueue[Outcome]) -> None:
         try:
-            while True:
-                if self._failure is not None:
-                    exhausted = True
-                if not exhausted and in_flight <= refill_at and not self.stop.is_set():
-                    limit = cfg.batch_size - in_flight
-                    submitted = self._claim_and_submit(now or utcnow(), campaign, inbox, limit)
-                    stats.claimed += submitted
-                    in_flight += submitted
-                    exhausted = submitted == 0
-                    continue
-                if in_flight == 0:
-                    break
-                # Sleep until a chunk is ready, the pool needs feeding, or time is up.
-                feeding = not exhausted and not self.stop.is_set()
-                wake = min(RECORD_EVERY, in_flight - refill_at if feeding else in_flight)
-                done = inbox.take(max(wake, 1), RECORD_SECONDS)
-                if done:
-                    in_flight -= len(done)
-                    self._record_into(done, stats, tally)
-                    if any(o.status == "released" for o in done) and not self.stop.is_set():
-                        exhausted = False  # given back (lease nearly over): due again
-        finally:
-            # A failed claim or record must not strand what is already in flight.
-            while in_flight > 0:
-                done = inbox.take(in_flight, RECORD_SECONDS)
-                in_flight -= len(done)
-                if done:
-                    self._record_into(done, stats, tally)
-        failure, self._failure = self._failure, None
-        if failure is not None:
-            raise failure
-        return stats
-
-    def _claim_and_submit(
-        self, now: datetime, campaign: str | None, inbox: _Inbox, limit: int
-    ) -> int:
-        """Claim up to ``limit`` messages and get them prepared (here, or by the
-        helper process while there is a backlog); each prepared message then goes
-        to the send pool."""
-        cfg = self.config.dispatch
-        campaigns = self.campaigns()
-        claimed = claim(
-            self.engine,
-            self.owner,
-            now,
-            limit,
-            cfg.lease,
-            campaign=campaign,
-            wall_now=utcnow(),
-        )
-        if not claimed:
-            return 0
-        future = None
-        try:
-            helper = self._helper_for(len(claimed))
-            if helper is not None:
-                future = helper.submit(claimed, campaigns, now, self.renderer.snapshot)
-        except Exception as exc:  # it cannot start, or broke between batches
-            future = Future()
-            future.set_exception(exc)
-        if future is None:
-            self._hand_out(claimed, campaigns, now, inbox, None)
-        else:
-            future.add_done_callback(
-                lambda done: self._hand_out(claimed, campaigns, now, inbox, done)
-            )
-        return len(claimed)
-
-    def _helper_for(self, batch: int) -> Helper | None:
-        """The helper process once it is up. It is started at the first full
-        batch (a backlog is worth a process; a handful of messages is not), and
-        batches are prepared here until it has started."""
-        cfg = self.config.dispatch
-        url = self._helper_url  # once: the helper's callback thread may clear it
-        if self._helper is None and url is not None:
-            if batch >= max(cfg.batch_size, HELPER_MIN_BATCH):
-                # If this raises, the batch is prepared here and _hand_out
-                # clears _helper_url, so no second start is tried.
-                self._helper = Helper(self.config, url)
-                log.info(
-                    "backlog: preparing batches in a helper process",
-                    extra={"event": "dispatch_helper_started"},
-                )
-        helper = self._helper
-        if helper is not None and (helper.failed or self._helper_url is None):
-            log.warning("dispatch helper stopped", extra={"event": "dispatch_helper_failed"})
-            helper.close()
-            self._helper = helper = None
-            self._helper_url = None  # prepare here from now on
-        return helper if helper is not None and helper.ready else None
-
-    def _hand_out(
-        self,
-        claimed: Sequence[Claimed],
-        campaigns: Mapping[str, Any],
-        now: datetime,
-        inbox: _Inbox,
-        done: Future[list[Ready | Outcome]] | None,
-    ) -> None:
-        """Outcomes decided by preparation go to the recorder, ready messages to
-        the send pool. If the helper failed, prepare here instead; if that fails
-        too, give the whole batch back and stop claiming."""
-        try:
-            if done is None or done.cancelled() or done.exception() is not None:
-                if done is not None:
-                    log.warning(
-                        "dispatch helper failed; preparing in this process",
-                        exc_info=None if done.cancelled() else done.exception(),
-                        extra={"event": "dispatch_helper_failed"},
-                    )
-                    self._helper_url = None  # retire it, start no other
-                items = prepare(self.engine, self.config, self.renderer, claimed, campaigns, now)
-            else:
-                items = done.result()
-                self.helper_prepared += len(items)
-        except Exception as exc:
-            log.exception("cannot prepare a batch", extra={"event": "dispatch_error"})
-            self._failure = self._failure or exc
-            for msg in claimed:  # nothing was handed to a provider
-                inbox.put(Outcome(msg, "released"))
-            return
-        for item in items:
-            if isinstance(item, Ready):
-                self._sends.put((item, inbox))
-            else:
-                inbox.put(item)
-
-    def _send_loop(self) -> None:
-        while (work := self._sends.get()) is not None:
-            ready, inbox = work
-            inbox.put(self._send_ready(ready))
-
-    def _record_into(
-        self, outcomes: Sequence[Outcome], stats: DispatchStats, tally: Counter[str] | None
-    ) -> None:
-        self._record(outcomes)
-        for outcome in outcomes:
-            stats.outcomes[outcome.status] += 1
-            if tally is not None:
-                tally[outcome.status] += 1
-
-    def _record(self, outcomes: Sequence[Outcome]) -> None:
-        """Write a chunk of outcomes: suppressions first, then one UPDATE per
-        shape of values, all guarded by our own ``sending`` lease (a row whose
-        lease expired, now ``unknown``, and was re-queued and claimed by another
-        worker is left alone)."""
-        supp = [o.suppress for o in outcomes if o.suppress is not None]
-        if supp:
-            suppressions.add(self.engine, supp)
-        at = utcnow()
-        by_shape: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-        for o in outcomes:
-            values = o.values
-            if o.status == "released":  # never handed to a provider: undo the attempt
-                status = "planned" if o.msg.attempts <= 1 else "retry"
-                values = {"attempts": o.msg.attempts - 1}
-            else:
-                status = o.status
-            row = {"id": o.msg.id, "status": status, "updated_at": at, **_LEASE_CLEARED}
-            row.update(values)
-            by_shape.setdefault(tuple(row), []).append(row)
-        ours = {"status": "sending", "lease_owner": self.owner}
-        with self.engine.begin() as conn:
-            for rows in by_shape.values():
-                update_rows(conn, M, rows, "id", ours)
-        for o in outcomes:
-            log.info(
-                "message %s",
-                o.status,
-                extra={"event": f"message_{o.status}", "message_id": o.msg.id},
-            )
-
-    # -- one message -------------------------------------------------------------------
-    def _send_ready(self, ready: Ready) -> Outcome:
-        try:
-            return self._send(ready)
-        except Exception as exc:  # a bug for one message must not strand the batch
-            log.exception(
-                "dispatch crashed", extra={"event": "dispatch_error", "message_id": ready.msg.id}
-            )
-            return Outcome(ready.msg, "failed", {"error": f"internal error: {type(exc).__name__}"})
+            result = self._send(ready)
+        except BaseException as exc:  # never lose an outcome: the row would stay sending
+            error = f"internal error while sending: {type(exc).__name__}"
+            result = outcome(ready.msg, State.UNKNOWN, error)
+            log.exception(error, extra={"event": "dispatch_error", "message_id": ready.msg.id})
+        done.put(replace(result, started=True))
 
     def _send(self, ready: Ready) -> Outcome:
         msg, outgoing = ready.msg, ready.outgoing
-        address = outgoing.to
-        if self.stop.is_set() or not self.buckets[msg.channel].acquire(self.stop):
-            return Outcome(msg, "released")
-        if msg.lease_expires_at is not None and utcnow() > msg.lease_expires_at - self._margin:
-            # Queued too long (rate limit, slow provider): its lease may run out
-            # mid-send and the row turn ``unknown``, which an operator could
-            # re-queue while this send goes on. Give it back instead.
-            return Outcome(msg, "released")
         channel = self.channels[msg.channel]
         try:
             result = channel.send(outgoing)
         except TransientSendError as exc:
             return self._transient(msg, exc)
+        except AmbiguousSendError as exc:
+            return outcome(msg, State.UNKNOWN, _describe(exc), address=outgoing.to)
+        except ProviderAuthError as exc:  # not sent: back to the queue as it was
+            back = states.waiting(msg.attempts)
+            return Outcome(msg, back, "refused", {"attempts": msg.attempts}, reason=str(exc))
         except PermanentSendError as exc:
             suppress = None
             if exc.suppress_reason:
                 source = f"provider:{channel.provider}"
-                reason = exc.suppress_reason
-                suppress = (msg.channel, address, msg.customer_id, reason, source)
-            return Outcome(msg, "failed", {"error": _describe(exc), "address": address}, suppress)
+                suppress = (msg.channel, outgoing.to, msg.customer_id, exc.suppress_reason, source)
+            error = _describe(exc)
+            failed = {"error": error, "address": outgoing.to}
+            return Outcome(msg, State.FAILED, "failed", failed, error, suppress)
         except SendError as exc:
-            return Outcome(msg, "failed", {"error": _describe(exc), "address": address})
-        return Outcome(
-            msg,
-            "sent",
-            {
-                "address": address,
-                "provider": result.provider,
-                "provider_id": result.provider_id,
-                "sent_at": utcnow(),
-            },
-        )
+            return outcome(msg, State.FAILED, _describe(exc), address=outgoing.to)
+        values: dict[str, Any] = {
+            "error": None,  # an earlier attempt's error is history now
+            "address": outgoing.to,
+            "provider": result.provider,
+            "provider_id": result.provider_id,
+            "sent_at": self.clock(),
+        }
+        return Outcome(msg, State.SENT, "sent", values)
 
-    def _transient(self, msg: Claimed, exc: TransientSendError) -> Outcome:
+    def _transient(self, msg: ClaimedRow, exc: TransientSendError) -> Outcome:
         cfg = self.config.dispatch
-        if msg.attempts >= cfg.max_attempts:
-            error = f"gave up after {msg.attempts} attempts: {_describe(exc)}"
-            return Outcome(msg, "failed", {"error": error})
-        delay = backoff_delay(
-            msg.attempts, cfg.backoff_base, cfg.backoff_max, exc.retry_after, self.rng
-        )
-        return Outcome(msg, "retry", {"error": _describe(exc), "next_attempt_at": utcnow() + delay})
+        attempt = msg.attempts + 1  # this one
+        if attempt >= cfg.max_attempts:
+            return outcome(msg, State.FAILED, f"gave up after {attempt} attempts: {_describe(exc)}")
+        delay = backoff_delay(attempt, cfg.backoff_base, cfg.backoff_max, exc.retry_after, self.rng)
+        return outcome(msg, State.RETRY, _describe(exc), next_attempt_at=self.clock() + delay)
+
+
+class _Run:
+    """One ``run_once``: the messages prepared, in flight and finished, and
+    the loop that moves them along (see the module doc)."""
+
+    def __init__(
+        self, d: Dispatcher, due_by: datetime | None, campaign: str | None, tally: Any
+    ) -> None:
+        self.d, self.due_by, self.campaign, self.tally = d, due_by, campaign, tally
+        self.cfg = d.config.dispatch
+        self.stats = DispatchStats()
+        self.ready: dict[str, deque[Ready]] = {kind: deque() for kind in d.channels}
+        self.done: queue.SimpleQueue[Outcome] = queue.SimpleQueue()  # from the send pool
+        self.finished: list[Outcome] = []  # not yet recorded
+        self.in_flight = 0
+        self.claims: set[str] = set()  # this run's tokens: their leases are renewed
+
+    def loop(self) -> DispatchStats:
+        cfg = self.cfg
+        start_chunk = max(1, cfg.workers // 8)  # a few starts per UPDATE, not one each
+        first_at = renewed = time.monotonic()
+        exhausted = False
+        try:
+            while True:
+                stopping = self.d.stop.is_set()
+                if stopping:
+                    self.finished += self._release(self.ready)
+                waiting = sum(map(len, self.ready.values()))
+                room = cfg.workers - self.in_flight
+                # 1-2. Keep a prepared batch ahead of the send pool.
+                if not (exhausted or stopping) and waiting < max(room, cfg.batch_size // 2):
+                    got = self._claim()
+                    self.stats.claimed += got
+                    exhausted = got == 0
+                    continue
+                if time.monotonic() - renewed > cfg.lease.total_seconds() / 3:
+                    with self.d.engine.begin() as conn:  # alive: keep what this run holds
+                        states.renew(conn, sorted(self.claims), lease=cfg.lease)
+                    renewed = time.monotonic()
+                # 3. Start what the free slots and the rate limits allow.
+                started, limited = 0, None
+                if room >= min(start_chunk, waiting) or not self.in_flight:
+                    started, limited = self._start_ready(room)
+                if not self.finished:
+                    first_at = time.monotonic()
+                # 4. Collect finished sends; nothing started: wait for one, or a token.
+                pause = 0.0 if started else min(limited or RECORD_SECONDS, RECORD_SECONDS)
+                seen = len(self.finished)
+                got = self._drain(pause if self.in_flight else 0)
+                if limited is not None and not (started or self.in_flight or got):
+                    time.sleep(pause)  # rate-limited, nothing in flight
+                halted = self._halt_refused(self.finished[seen:])
+                idle = not self.in_flight and not any(self.ready.values())
+                if self.finished and (
+                    halted
+                    or idle
+                    or len(self.finished) >= RECORD_EVERY
+                    or time.monotonic() - first_at >= RECORD_SECONDS
+                ):
+                    self._record()
+                if idle and (exhausted or stopping):
+                    break
+        finally:
+            # A failed claim, prepare or record must not strand what is in flight.
+            while self.in_flight > 0 and self._drain(60.0):
+                pass
+            self.finished += self._release(self.ready)
+            self._record()
+        return self.stats
+
+    def _claim(self) -> int:
+        """Claim a batch and prepare it: outcomes decided here go to ``finished``,
+        messages to send to ``ready``. Returns how many were claimed."""
+        d, cfg = self.d, self.cfg
+        kinds = [k for k in d.channels if k not in self.stats.refused]
+        if not kinds:
+            return 0
+        # No more than the rate limits let go within half a lease: the rest
+        # would only wait while other workers could send it.
+        slowest = min(d.buckets[k].rate for k in kinds)
+        limit = max(1, min(cfg.batch_size, int(slowest * cfg.lease.total_seconds() / 2)))
+        token = secrets.token_hex(8)
+        with d.engine.begin() as conn:
+            batch = states.claim(
+                conn,
+                token=token,
+                owner=d.owner,
+                limit=limit,
+                lease=cfg.lease,
+                due_by=self.due_by,
+                campaign=self.campaign,
+                channels=kinds,
+            )
+        if not batch:
+            return 0
+        self.claims.add(token)
+        try:
+            items = prepare(
+                d.engine, d.config, d.renderer, batch, d.campaigns(), d.clock(), self.due_by
+            )
+        except Exception:
+            self.finished += [Outcome(m, states.waiting(m.attempts), "released") for m in batch]
+            raise
+        for item in items:
+            if isinstance(item, Ready):
+                self.ready[item.msg.channel].append(item)
+            else:
+                self.finished.append(item)
+        return len(batch)
+
+    def _start_ready(self, room: int) -> tuple[int, float | None]:
+        """Start what the free request slots (``room``) and the rate limits allow.
+        Returns how many started, and, when a rate limit held some back, the
+        seconds until it lets one more go."""
+        batch: list[Ready] = []
+        limited: float | None = None
+        for kind, pending in self.ready.items():
+            bucket = self.d.buckets[kind]
+            n = bucket.take(min(len(pending), room))
+            batch += [pending.popleft() for _ in range(n)]
+            room -= n
+            if pending and room > 0:  # held back by the rate limit
+                wait = bucket.wait()
+                limited = wait if limited is None else min(limited, wait)
+        return self._start(batch), limited
+
+    def _start(self, batch: Sequence[Ready]) -> int:
+        """``claimed`` → ``sending`` (per claim token), then hand each one that
+        moved to the pool; one that did not move lost its claim: not ours to
+        send. Finished outcomes are written in the same transaction, so a crash
+        leaves few sent-but-unrecorded messages to become ``unknown``."""
+        if not batch:
+            return 0
+        by_claim: dict[str, list[Ready]] = {}
+        for item in batch:
+            by_claim.setdefault(item.msg.claim, []).append(item)
+        with self.d.engine.begin() as conn:
+            self._record(conn)
+            moved = {
+                token: states.start(
+                    conn, [i.msg.id for i in items], claim=token, lease=self.cfg.lease
+                )
+                for token, items in by_claim.items()
+            }
+        started = 0
+        for token, items in by_claim.items():
+            ids = set(moved[token])
+            for item in items:
+                if item.msg.id in ids:
+                    self.d.pool.put(item, self.done, self.in_flight + started)
+                    started += 1
+        self.in_flight += started
+        return started
+
+    def _drain(self, block: float) -> int:
+        """Move finished sends into ``finished``, waiting up to ``block`` s for the first."""
+        got = 0
+        try:
+            item = self.done.get(timeout=block) if block > 0 else self.done.get_nowait()
+            while True:
+                self.finished.append(item)
+                got += 1
+                item = self.done.get_nowait()
+        except queue.Empty:
+            self.in_flight -= got
+            return got
+
+    def _halt_refused(self, new: Sequence[Outcome]) -> bool:
+        """A channel whose provider refused our credentials stops for this run
+        (``DispatchStats.refused`` says why; the caller reports it): its
+        prepared messages go back to the queue untouched."""
+        refused = self.stats.refused
+        halted = False
+        for o in new:
+            if o.label == "refused" and o.msg.channel not in refused:
+                refused[o.msg.channel] = o.reason or "credentials refused"
+                halted = True
+        for kind in refused:
+            if self.ready.get(kind):
+                self.finished += self._release({kind: self.ready[kind]})
+        return halted
+
+    @staticmethod
+    def _release(ready: Mapping[str, deque[Ready]]) -> list[Outcome]:
+        """Prepared messages given back untouched (stopping, or credentials refused)."""
+        out = []
+        for pending in ready.values():
+            while pending:
+                msg = pending.popleft().msg
+                out.append(Outcome(msg, states.waiting(msg.attempts), "released"))
+        return out
+
+    def _record(self, conn: Connection | None = None) -> None:
+        """Write ``finished``: suppressions first, then one guarded move per
+        (from, to, columns), in ``conn``'s transaction when given."""
+        outcomes, self.finished = self.finished, []
+        if not outcomes:
+            return
+        supp = [o.suppress for o in outcomes if o.suppress is not None]
+        if supp:
+            suppressions.add(self.d.engine, supp)
+        groups: dict[tuple[State, State, tuple[str, ...]], list[dict[str, Any]]] = {}
+        for o in outcomes:
+            source = State.SENDING if o.started else State.CLAIMED
+            row = {"id": o.msg.id, "claim": o.msg.claim, **o.values}
+            groups.setdefault((source, o.state, tuple(sorted(row))), []).append(row)
+        with nullcontext(conn) if conn is not None else self.d.engine.begin() as c:
+            for (source, target, _), rows in groups.items():
+                states.move_each(c, rows, from_=[source], to=target, event="message_record")
+        for o in outcomes:
+            self.stats.outcomes[o.label] += 1
+            if self.tally is not None:
+                self.tally[o.label] += 1
+            _log(o)
+
+
+def expire_leases(engine: Engine, now: datetime | None = None) -> states.Expired:
+    """See ``engage.db.states.expire_leases`` (default: the database's clock)."""
+    with engine.begin() as conn:
+        return states.expire_leases(conn, now)
 
 
 def _describe(exc: SendError) -> str:
@@ -582,14 +502,28 @@ def _describe(exc: SendError) -> str:
     return f"{type(exc).__name__}{code}: {exc}"
 
 
+def _log(o: Outcome) -> None:
+    if not log.isEnabledFor(logging.INFO):
+        return
+    extra: dict[str, Any] = {
+        "event": f"message_{o.label}",
+        "message_id": o.msg.id,
+        "campaign": o.msg.campaign,
+        "channel": o.msg.channel,
+    }
+    if o.reason:
+        extra["reason"] = o.reason
+    if "send_after" in o.values:
+        extra["send_after"] = o.values["send_after"]
+    log.info("message %s", o.label, extra=extra)
+
+
 __all__ = [
-    "Claimed",
     "Dispatcher",
     "DispatchStats",
     "Outcome",
     "TokenBucket",
     "backoff_delay",
-    "claim",
+    "default_owner",
     "expire_leases",
-    "requeue",
 ]

@@ -1,14 +1,18 @@
-"""Reading the outbox: listings and counts for ``engage outbox`` and ``engage status``."""
+"""The outbox for operators: listings and counts for ``engage outbox`` and
+``engage status``, and the explicit re-queue."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Engine, Table, func, select
 
-from ..db.models import MESSAGE_STATES, Message
+from ..db import states
+from ..db.models import Message
+from ..db.states import MESSAGE_STATES
 from ..errors import EngageError
 from ..timeutil import isoformat_z
 
@@ -81,10 +85,45 @@ def counts_by_status(engine: Engine, *, campaign: str | None = None) -> dict[str
         return {s: int(n) for s, n in conn.execute(q)}
 
 
-def count_waiting(engine: Engine, campaign: str, now: datetime) -> int:
-    """Planned messages of ``campaign`` whose send time is after ``now``."""
+def statuses_of(engine: Engine, ids: Sequence[int]) -> dict[int, str]:
+    with engine.connect() as conn:
+        q = select(M.c.id, M.c.status).where(M.c.id.in_(list(ids)))
+        return {i: st for i, st in conn.execute(q)}
+
+
+def count_waiting(engine: Engine, run_id: int) -> int:
+    """Messages of one occurrence still queued: waiting for a send window (or a retry)."""
     q = select(func.count()).where(
-        M.c.campaign == campaign, M.c.status == "planned", M.c.send_after > now
+        M.c.run_id == run_id, M.c.status.in_([s.value for s in states.DUE])
     )
     with engine.connect() as conn:
         return int(conn.execute(q).scalar_one())
+
+
+@dataclass(frozen=True)
+class Requeue:
+    """Which messages ``engage outbox requeue`` is about: ids, or filters, or both."""
+
+    ids: Sequence[int] | None = None
+    statuses: Sequence[str] | None = None
+    campaign: str | None = None
+    since: datetime | None = None
+
+    def where(self) -> Any:
+        try:
+            return states.requeue_filter(
+                ids=self.ids, statuses=self.statuses, campaign=self.campaign, since=self.since
+            )
+        except ValueError as exc:
+            raise EngageError(str(exc)) from None
+
+
+def count_requeueable(engine: Engine, which: Requeue) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(select(func.count()).where(which.where())).scalar_one())
+
+
+def requeue(engine: Engine, which: Requeue, now: datetime) -> list[int]:
+    """Re-queue the messages ``which`` selects; returns the ids that moved."""
+    with engine.begin() as conn:
+        return states.requeue(conn, which.where(), now)

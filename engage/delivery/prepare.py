@@ -1,148 +1,165 @@
 """Everything a claimed message needs before its provider call: the customer's
 current data, the send-time checks, the rendered message.
 
-``prepare`` is one plain function. The dispatcher runs it in its own process
-for small batches, and in a ``Helper`` process while there is a backlog: the
-sending threads spend most of their time inside the (pure Python) SDKs, and
-rendering in the same process would compete with them for the GIL. The helper
-reads the database itself and renders with its own ``Renderer``, so only the
-claimed rows go in and only the rendered messages come back.
+The checks are facts about the moment of sending, not of planning: a backlog,
+a catch-up after downtime or a retry moves that moment. So, at ``now``:
+
+* the message has expired (older than its campaign's ``expires_after``) →
+  ``expired``;
+* the customer is gone, has withdrawn consent or is suppressed, or the
+  campaign is gone → ``cancelled``;
+* the customer's local send window (the campaign's, within the channel's;
+  SMS never outside 08:00–21:00) is closed → back to the queue for the
+  window's next opening, or ``expired`` if it opens too late;
+* the template fails for this customer → ``render_error``;
+* otherwise it is ``Ready`` to send.
 """
 
 from __future__ import annotations
 
 import logging
-import multiprocessing
-import os
-import signal
-import threading
-import time
 from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine
 
-from .. import logs
-from ..config import Config
+from ..config import Config, Window
 from ..customers.recipients import Recipient, load_recipients
-from ..db.session import in_memory_sqlite
+from ..db.states import ClaimedRow, State, waiting
 from ..errors import EngageError
 from ..planning import suppressions
-from ..planning.policy import Suppressions, reachability
+from ..planning.policy import Suppressions, effective_window, next_opening, reachability
 from ..templating.context import CampaignInfo
-from ..templating.renderer import Renderer, Snapshot
+from ..templating.renderer import Renderer
 from .channels.base import Outgoing
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class Claimed:
-    id: int
-    campaign: str
-    customer_id: str
-    channel: str
-    template: str
-    attempts: int
-    lease_expires_at: datetime | None = None  # wall clock
-
-
-@dataclass
+@dataclass(frozen=True)
 class Outcome:
-    """What happened to one claimed message, written by the dispatcher's recorder
-    together with the others of its chunk.
+    """Where one claimed message goes, and why: ``label`` names what happened
+    (a state, or ``deferred`` / ``released`` / ``refused`` for a message that
+    goes back to the queue), ``values`` are the columns to set, ``reason`` is
+    for the log, ``suppress`` a suppression to add first. ``started``: it
+    came back from a provider call (the row is ``sending``, not ``claimed``)."""
 
-    ``status`` ``released`` gives the message back (never handed to a provider);
-    any other status is final for this attempt, with ``values`` the extra
-    columns to set. ``suppress`` is a suppression row to add first.
-    """
-
-    msg: Claimed
-    status: str
+    msg: ClaimedRow
+    state: State
+    label: str
     values: dict[str, Any] = field(default_factory=dict)
+    reason: str | None = None
     suppress: tuple[str, str, str | None, str, str | None] | None = None
+    started: bool = False
 
 
-@dataclass
+def outcome(msg: ClaimedRow, state: State, error: str | None = None, **values: Any) -> Outcome:
+    """An outcome named after its state; ``error`` is recorded and logged."""
+    if error is not None:
+        values["error"] = error
+    return Outcome(msg, state, state.value, values, error)
+
+
+@dataclass(frozen=True)
 class Ready:
     """A message that passed the send-time checks and is rendered."""
 
-    msg: Claimed
+    msg: ClaimedRow
     outgoing: Outgoing
+
+
+@dataclass(frozen=True)
+class _Campaign:
+    info: Any  # CampaignInfo, or the campaign as it is if that cannot be read
+    window: Window | None
 
 
 def prepare(
     engine: Engine,
     config: Config,
     renderer: Renderer,
-    claimed: Sequence[Claimed],
+    claimed: Sequence[ClaimedRow],
     campaigns: Mapping[str, Any],
     now: datetime,
+    as_of: datetime | None = None,
 ) -> list[Ready | Outcome]:
-    """For each claimed message: ``Ready``, or the ``Outcome`` that ends it here
-    (``cancelled`` by the send-time checks, ``render_error``)."""
+    """For each claimed message: ``Ready``, or the ``Outcome`` that ends or
+    defers it here. ``now`` is the moment of sending (windows, expiry);
+    ``as_of`` the moment the message is rendered for (default ``now``)."""
+    as_of = as_of or now
     with engine.connect() as conn:
-        ids = [c.customer_id for c in claimed]
-        recipients = load_recipients(conn, config, ids, now)
+        recipients = load_recipients(conn, config, [c.customer_id for c in claimed], as_of)
         supp = suppressions.load_for(conn, list(recipients.values()))
-    campaigns = campaign_infos(campaigns, {c.campaign for c in claimed})
+    known = _campaigns(campaigns, {c.campaign for c in claimed})
     out: list[Ready | Outcome] = []
     for msg in claimed:
         try:
             out.append(
                 _prepare_one(
-                    config, renderer, msg, recipients.get(msg.customer_id), supp, campaigns, now
+                    config, renderer, msg, recipients.get(msg.customer_id), supp, known, now, as_of
                 )
             )
         except Exception as exc:  # a bug for one message must not strand the batch
             log.exception(
                 "prepare crashed", extra={"event": "dispatch_error", "message_id": msg.id}
             )
-            out.append(Outcome(msg, "failed", {"error": f"internal error: {type(exc).__name__}"}))
+            out.append(outcome(msg, State.FAILED, f"internal error: {type(exc).__name__}"))
     return out
 
 
-def campaign_infos(campaigns: Mapping[str, Any], names: Iterable[str]) -> dict[str, Any]:
-    """What rendering reads of each named campaign, built once per batch, not
-    per message (``CampaignInfo.of`` dumps a campaign's pydantic UTM model).
-    A campaign that cannot be read stays as it is: its messages then fail one
-    by one at render time, as before, instead of failing the batch."""
-    infos: dict[str, Any] = {}
+def _campaigns(campaigns: Mapping[str, Any], names: Iterable[str]) -> dict[str, _Campaign]:
+    """What rendering and the window read of each named campaign, once per
+    batch. A campaign whose settings cannot be read stays as it is: its
+    messages then fail one by one at render time instead of failing the batch."""
+    out = {}
     for name in names:
         if name in campaigns:
+            campaign = campaigns[name]
             try:
-                infos[name] = CampaignInfo.of(campaigns[name])
+                info: Any = CampaignInfo.of(campaign)
             except Exception:
-                infos[name] = campaigns[name]
-    return infos
+                info = campaign
+            out[name] = _Campaign(info, getattr(campaign, "send_window", None))
+    return out
 
 
 def _prepare_one(
     config: Config,
     renderer: Renderer,
-    msg: Claimed,
+    msg: ClaimedRow,
     recipient: Recipient | None,
     supp: Suppressions,
-    campaigns: Mapping[str, Any],
+    campaigns: Mapping[str, _Campaign],
     now: datetime,
+    as_of: datetime,
 ) -> Ready | Outcome:
+    if msg.expires_at is not None and now >= msg.expires_at:
+        return outcome(msg, State.EXPIRED, "not sent before its campaign's expires_after")
     if recipient is None:
-        return Outcome(msg, "cancelled", {"error": "customer no longer exists"})
+        return outcome(msg, State.CANCELLED, "customer no longer exists")
     campaign = campaigns.get(msg.campaign)
     if campaign is None:
-        return Outcome(msg, "cancelled", {"error": "campaign no longer exists or is invalid"})
+        return outcome(msg, State.CANCELLED, "campaign no longer exists or is invalid")
     address, reason = reachability(recipient, msg.channel, config)
     if reason is None and address and supp.blocks(msg.channel, address, recipient.customer_id):
         reason = "suppressed"
     if reason is not None or not address:
-        return Outcome(msg, "cancelled", {"error": f"at send time: {reason}"})
+        return outcome(msg, State.CANCELLED, f"at send time: {reason}")
+    window = effective_window(msg.channel, campaign.window, config)
+    opens = next_opening(now, recipient.timezone, window)
+    if opens > now:
+        if msg.expires_at is not None and opens >= msg.expires_at:
+            return outcome(
+                msg, State.EXPIRED, "its send window opens after its campaign's expires_after"
+            )
+        values = {"send_after": opens, "next_attempt_at": None}
+        return Outcome(msg, waiting(msg.attempts), "deferred", values, "send window closed")
     try:
         if msg.channel == "email":
             email = renderer.render_email(
-                msg.template, campaign, recipient, now, message_ref=str(msg.id)
+                msg.template, campaign.info, recipient, as_of, message_ref=str(msg.id)
             )
             outgoing = Outgoing(
                 message_id=msg.id,
@@ -155,110 +172,13 @@ def _prepare_one(
                 headers=dict(email.headers),
             )
         else:
-            sms = renderer.render_sms(msg.template, campaign, recipient, now)
+            sms = renderer.render_sms(msg.template, campaign.info, recipient, as_of)
             outgoing = Outgoing(
                 message_id=msg.id, channel="sms", to=address, campaign=msg.campaign, text=sms.body
             )
     except EngageError as exc:
-        return Outcome(msg, "render_error", {"error": str(exc), "address": address})
+        return outcome(msg, State.RENDER_ERROR, str(exc), address=address)
     return Ready(msg, outgoing)
 
 
-# -- the helper process ------------------------------------------------------------------
-PARENT_CHECK_SECONDS = 0.5
-_state: dict[str, Any] = {}  # in the helper: its engine, config, renderer and generation
-
-
-def _helper_start(
-    config: Config, db_url: str, parent: int, log_as: tuple[logging.Formatter | None, int]
-) -> None:
-    from ..db.session import make_engine
-
-    logs.inherit(*log_as)  # masked, JSON or text, like the dispatcher's own log
-
-    # The dispatcher decides when to stop. If it dies (SIGKILL, os._exit), the
-    # helper must not linger: its own copy of the task queue keeps the pipe
-    # open, so it watches the dispatcher's pid instead (which may be gone already).
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
-    _state.update(engine=make_engine(db_url), config=config)
-
-
-def _exit_with(parent: int) -> None:
-    while os.getppid() == parent:
-        time.sleep(PARENT_CHECK_SECONDS)
-    os._exit(0)
-
-
-def _helper_ping() -> bool:
-    return True
-
-
-def _helper_prepare(
-    claimed: Sequence[Claimed],
-    campaigns: Mapping[str, CampaignInfo],
-    now: datetime,
-    sources: Mapping[str, str] | None,
-) -> list[Ready | Outcome]:
-    if sources is not None:  # the dispatcher's templates, as last checked
-        _state["renderer"] = Renderer(_state["config"], sources=sources)
-    return prepare(_state["engine"], _state["config"], _state["renderer"], claimed, campaigns, now)
-
-
-class Helper:
-    """One process that runs ``prepare`` for the dispatcher (see the module doc).
-
-    It renders from the sources of the dispatcher's current template snapshot,
-    sent along whenever that snapshot changes (a reload that passed its checks),
-    never from the disk: what it renders is exactly what the dispatcher checked.
-    """
-
-    def __init__(self, config: Config, db_url: str) -> None:
-        self._pool = ProcessPoolExecutor(
-            max_workers=1,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_helper_start,
-            initargs=(config, db_url, os.getpid(), logs.inherited()),
-        )
-        # Starting takes a second (imports, templates); batches are prepared
-        # in-process until this has come back.
-        self._started = self._pool.submit(_helper_ping)
-        self._generation: int | None = None  # of the templates the helper has
-
-    @property
-    def ready(self) -> bool:
-        return self._started.done() and self._started.exception() is None
-
-    @property
-    def failed(self) -> bool:
-        return self._started.done() and self._started.exception() is not None
-
-    def submit(
-        self,
-        claimed: Sequence[Claimed],
-        campaigns: Mapping[str, Any],
-        now: datetime,
-        templates: Snapshot,
-    ) -> Future[list[Ready | Outcome]]:
-        """Prepare a batch; tasks run one at a time, in order, so templates sent
-        with one batch hold for the batches after it."""
-        infos = campaign_infos(campaigns, {c.campaign for c in claimed})
-        sources = None
-        if templates.generation != self._generation:
-            sources, self._generation = templates.sources, templates.generation
-        return self._pool.submit(_helper_prepare, list(claimed), infos, now, sources)
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
-
-
-def helper_url(engine: Engine) -> str | None:
-    """The URL a helper process can open, or None if it cannot share this
-    database (an in-memory SQLite database lives only in this process)."""
-    if in_memory_sqlite(engine.url):
-        return None
-    return engine.url.render_as_string(hide_password=False)
-
-
-__all__ = ["Claimed", "Helper", "Outcome", "Ready", "helper_url", "prepare"]
+__all__ = ["Outcome", "Ready", "outcome", "prepare"]

@@ -15,6 +15,7 @@ from ..config import Config
 from ..planning.planner import PlanResult
 from ..planning.seen import first_seen, plan_or_record
 from ..templating.renderer import Renderer
+from ..timeutil import utcnow
 from .channels import build_channels
 from .dispatch import Dispatcher, DispatchStats
 from .outbox import count_waiting
@@ -27,9 +28,16 @@ def make_dispatcher(
     *,
     renderer: Renderer | None = None,
     stop: threading.Event | None = None,
+    clock: Callable[[], datetime] | None = None,
 ) -> Dispatcher:
     return Dispatcher(
-        engine, config, build_channels(config), renderer or Renderer(config), campaigns, stop=stop
+        engine,
+        config,
+        build_channels(config),
+        renderer or Renderer(config),
+        campaigns,
+        stop=stop,
+        clock=clock or utcnow,
     )
 
 
@@ -37,7 +45,7 @@ def make_dispatcher(
 class SendReport:
     plan: PlanResult
     dispatch: DispatchStats
-    waiting: int  # planned for later: outside the customers' send windows
+    waiting: int  # of this occurrence, for a send window (or a retry): the daemon sends them
 
 
 def send_occurrence(
@@ -54,18 +62,22 @@ def send_occurrence(
     ``now`` (the wall clock, default ``at``) records when engage first saw the
     campaign. Missing secrets fail here, before anything is planned; a
     failed planning is recorded on the occurrence's row (``PlanningFailed``).
+    A channel whose provider refuses engage's credentials stops at once; the
+    report says so (``dispatch.refused``) and its messages stay planned.
     """
     config.require_sending_secrets("engage send")
-    channels_ready = build_channels(config)  # fail on missing secrets before planning
-    for ch in channels_ready.values():
-        ch.close()
-    first_seen(engine, campaign.name, now or at)
-    plan = plan_or_record(engine, config, campaign, at, now=at)
-    dispatcher = make_dispatcher(engine, config, lambda: {campaign.name: campaign})
+    channels = build_channels(config)  # fail on missing secrets before planning
     try:
-        stats = dispatcher.run_once(at, campaign=campaign.name)
+        first_seen(engine, campaign.name, now or at)
+        plan = plan_or_record(engine, config, campaign, at, now=at)
+        dispatcher = Dispatcher(
+            engine, config, channels, Renderer(config), lambda: {campaign.name: campaign}
+        )
+        try:
+            stats = dispatcher.run_once(at, campaign=campaign.name)
+        finally:
+            dispatcher.close()
     finally:
-        dispatcher.close()
-        for ch in dispatcher.channels.values():
+        for ch in channels.values():
             ch.close()
-    return SendReport(plan, stats, count_waiting(engine, campaign.name, at))
+    return SendReport(plan, stats, count_waiting(engine, plan.run_id))

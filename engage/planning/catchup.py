@@ -23,26 +23,21 @@ missed before it existed. Otherwise
 the look-back is bounded by ``MAX_LOOKBACK`` so a long outage of an
 every-minute campaign stays a bounded amount of bookkeeping.
 
-On PostgreSQL several processes may do this at once: each occurrence is
-planned under a transaction-scoped advisory lock taken with
-``pg_try_advisory_xact_lock`` on a connection dedicated to it; a process that
-does not get the lock leaves the occurrence to the one that has it. The lock
-only saves duplicate work: correctness rests on the unique run row and the
-message dedupe keys.
+Several processes may do this at once: ``plan_occurrence`` holds the
+database's planning lock (``lock.py``), so the second one waits and then finds
+the occurrence planned. Idempotence rests on the unique run row and the
+message dedupe keys; the lock makes reentry and the frequency cap hold.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Connection, Engine, Table, and_, func, or_, select, text
+from sqlalchemy import Connection, Engine, Table, and_, func, or_, select
 
 from ..campaigns.cron import occurrences
 from ..config import Config
@@ -139,33 +134,6 @@ def record_missed(engine: Engine, campaign: str, instants: list[datetime], now: 
         return insert_ignore(conn, R, rows, ["campaign", "scheduled_at"])
 
 
-def lock_key(campaign: str, scheduled_at: datetime) -> int:
-    """A signed 64-bit advisory-lock key for one occurrence."""
-    digest = hashlib.blake2b(
-        f"engage-plan|{campaign}|{scheduled_at.isoformat()}".encode(), digest_size=8
-    ).digest()
-    return int.from_bytes(digest, "big", signed=True)
-
-
-@contextmanager
-def occurrence_lock(engine: Engine, campaign: str, scheduled_at: datetime) -> Iterator[bool]:
-    """Yield True when this process may plan the occurrence, False when another one is.
-
-    PostgreSQL: a transaction-level advisory lock on a connection held open
-    for the whole planning, released by the transaction's end (or by the
-    connection dying with the process), so it can never leak into a pool.
-    SQLite: one daemon at a time (the file lock), so always True.
-    """
-    if engine.dialect.name != "postgresql":
-        yield True
-        return
-    with engine.connect() as conn, conn.begin():
-        got = conn.execute(
-            text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": lock_key(campaign, scheduled_at)}
-        ).scalar()
-        yield bool(got)
-
-
 def plan_due(
     engine: Engine,
     config: Config,
@@ -177,7 +145,7 @@ def plan_due(
     """Record missed occurrences and plan the due one(s) of ``campaign`` at ``now``.
 
     ``guard`` serializes planning inside one process (cron jobs and the
-    periodic sweep may fire together); the advisory lock does it across
+    periodic sweep may fire together); the planning lock does it across
     processes. An occurrence that fails is recorded ``failed`` on its row and
     logged (``occurrence_failed``); the others are still planned, then the
     first failure is raised (``PlanningFailed``).
@@ -204,14 +172,7 @@ def plan_due(
         failures: list[PlanningFailed] = []
         for at in due.plan:
             try:
-                with occurrence_lock(engine, campaign.name, at) as mine:
-                    if not mine:
-                        log.info(
-                            "occurrence planned elsewhere",
-                            extra={"event": "plan_skipped", "campaign": campaign.name, "at": at},
-                        )
-                        continue
-                    result = plan_or_record(engine, config, campaign, at, now=now)
+                result = plan_or_record(engine, config, campaign, at, now=now)
             except PlanningFailed as exc:  # recorded on its row; the next occurrence may work
                 fields = {"campaign": campaign.name, "at": at, "reason": str(exc)}
                 log.error("occurrence failed", extra={"event": "occurrence_failed", **fields})

@@ -15,36 +15,34 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import (
     Connection,
     Engine,
     Table,
-    alias,
     and_,
     case,
     false,
     func,
     or_,
     select,
-    true,
     update,
 )
 
 from ..campaigns.audience import stream_audience
 from ..config import Config
 from ..customers.recipients import Recipient
+from ..db import states
 from ..db.bulk import all_rows, in_values, insert_ignore, no_index
 from ..db.models import CampaignRun, Message
 from ..db.session import shared_across_threads
 from ..timeutil import ensure_utc, utcnow
 from . import suppressions
+from .lock import planning_lock
 from .pipeline import Lane, WriteBehind
 from .policy import (
-    CAP_STATES,
-    REENTRY_STATES,
     CampaignRules,
     Decision,
     History,
@@ -56,6 +54,7 @@ log = logging.getLogger(__name__)
 
 M = cast(Table, Message.__table__)
 R = cast(Table, CampaignRun.__table__)
+DEFAULT_EXPIRES_AFTER = timedelta(hours=24)  # campaign-like objects without expires_after
 
 
 def dedupe_key(campaign: str, scheduled_at: datetime, customer_id: str) -> str:
@@ -82,17 +81,23 @@ def load_history(
     One pass over each customer's messages (the (customer_id, planned_at)
     index) computes both facts. Rows of the occurrence being planned
     (``run_id``) are ignored, so that re-planning an interrupted occurrence
-    reaches the same decisions.
+    reaches the same decisions. A dry run as of a past moment sees only what
+    was planned by then; planning for real (``run_id``, under the planning
+    lock) sees every message, also one planned for a later occurrence that
+    was planned first.
     """
     ids = [r.customer_id for r in batch]
     when = func.coalesce(M.c.sent_at, M.c.send_after)
-    not_this_run = or_(M.c.run_id.is_(None), M.c.run_id != run_id) if run_id else true()
+    if run_id:
+        seen = or_(M.c.run_id.is_(None), M.c.run_id != run_id)
+    else:
+        seen = M.c.planned_at <= as_of
     counted = (
         false()
         if rules.exempt_from_frequency_cap
         else and_(
             M.c.counts_toward_cap.is_(True),
-            M.c.status.in_(CAP_STATES),
+            M.c.status.in_(states.CAP),
             when > as_of - config.frequency_cap.per,
         )
     )
@@ -101,7 +106,7 @@ def load_history(
         select(
             M.c.customer_id,
             func.max(
-                case((and_(M.c.campaign == rules.name, M.c.status.in_(REENTRY_STATES)), when))
+                case((and_(M.c.campaign == rules.name, M.c.status.in_(states.REENTRY)), when))
             ),
             func.sum(case((counted, 1), else_=0)),
             func.sum(
@@ -111,7 +116,7 @@ def load_history(
                 )
             ),
         )
-        .where(in_values(M.c.customer_id, ids), M.c.planned_at <= as_of, not_this_run)
+        .where(in_values(M.c.customer_id, ids), seen)
         .group_by(M.c.customer_id),
     )
     out = dict.fromkeys(ids, _NO_HISTORY)
@@ -305,10 +310,10 @@ def _preempt(
 ) -> None:
     """For each customer, cancel the lowest-priority planned message holding a cap slot.
 
-    One statement whatever the batch size: the candidates of every customer,
-    ranked per customer in the order below; the first of each is the victim.
-    (One statement also means one wait for the database, see
-    ``plan_occurrence``.)
+    One select whatever the batch size finds the victims (the candidates of
+    every customer, ranked per customer in the order below; the first of each),
+    then one guarded move cancels them: a victim a worker claimed meanwhile
+    is left alone (and logged).
     """
     if not customer_ids:
         return
@@ -324,20 +329,20 @@ def _preempt(
         select(M.c.id, rank)
         .where(
             in_values(M.c.customer_id, customer_ids),
-            no_index(M.c.status) == "planned",
+            no_index(M.c.status) == states.State.PLANNED,
             M.c.priority < rules.priority,
             M.c.counts_toward_cap.is_(True),
         )
         .subquery("ranked")
     )
-    target = cast(Table, alias(M, "target"))  # an alias of the table: typed as one
-    conn.execute(
-        update(target)
-        .where(
-            target.c.id.in_(select(ranked.c.id).where(ranked.c.rank == 1)),
-            no_index(target.c.status) == "planned",
-        )
-        .values(status="cancelled", error=f"preempted by {rules.name}", updated_at=now)
+    victims = list(conn.execute(select(ranked.c.id).where(ranked.c.rank == 1)).scalars())
+    states.move(
+        conn,
+        victims,
+        from_=[states.State.PLANNED],
+        to=states.State.CANCELLED,
+        values={"error": f"preempted by {rules.name}", "updated_at": now},
+        event="message_preempted",
     )
 
 
@@ -352,9 +357,25 @@ def plan_occurrence(
 ) -> PlanResult:
     """Plan one occurrence into the outbox. Idempotent per (campaign, scheduled_at).
 
+    Holds the database's planning lock (``lock.py``) throughout: reentry and
+    the frequency cap see every message planned before, by any process.
+
     ``batch``: customers per read/decide/write round; each round costs a few
     statements (compiled anew: their lists are parameters) and a commit, so
     bigger rounds are cheaper while memory stays a few MB per round."""
+    with planning_lock(engine):
+        return _plan_occurrence(engine, config, campaign, scheduled_at, now=now, batch=batch)
+
+
+def _plan_occurrence(
+    engine: Engine,
+    config: Config,
+    campaign: Any,
+    scheduled_at: datetime,
+    *,
+    now: datetime | None,
+    batch: int,
+) -> PlanResult:
     now = now or utcnow()
     scheduled_at = ensure_utc(scheduled_at)
     rules = CampaignRules.of(campaign)
@@ -365,6 +386,7 @@ def plan_occurrence(
 
     counts: Counter[str] = Counter()
     key_prefix = dedupe_key(campaign.name, scheduled_at, "")  # + customer id
+    expires_at = scheduled_at + getattr(campaign, "expires_after", DEFAULT_EXPIRES_AFTER)
 
     def write(rows: list[dict[str, Any]], preempting: list[str]) -> int:
         with engine.begin() as conn:
@@ -403,6 +425,7 @@ def plan_occurrence(
                         "status": "held_out" if d.held_out else "planned",
                         "planned_at": now,
                         "send_after": d.send_at,
+                        "expires_at": expires_at,
                         "attempts": 0,
                         "updated_at": now,
                     }

@@ -41,22 +41,6 @@ _zone = lru_cache(maxsize=1024)(get_zone)
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 
-# Message states that occupy a frequency-cap slot.
-CAP_STATES = (
-    "planned",
-    "sending",
-    "sent",
-    "delivered",
-    "bounced",
-    "undelivered",
-    "retry",
-    "unknown",
-)
-# Message states that mean "this campaign reached (or will reach) the customer".
-# held_out counts: the control group follows the same cadence as the recipients.
-REENTRY_STATES = (*CAP_STATES, "held_out")
-
-
 @dataclass(frozen=True)
 class Suppressions:
     """Suppressed (channel, address) pairs and (channel, customer) pairs."""
@@ -84,8 +68,8 @@ class Suppressions:
 class History:
     """What engage already did for one customer, as the planner loaded it."""
 
-    last_sent: datetime | None = None  # this campaign, latest REENTRY_STATES message
-    cap_used: int = 0  # CAP_STATES messages of cap-counting campaigns in the cap period
+    last_sent: datetime | None = None  # this campaign, latest message in states.REENTRY
+    cap_used: int = 0  # states.CAP messages of cap-counting campaigns in the cap period
     preemptable: int = 0  # of those, planned-not-sent messages of lower-priority campaigns
 
 
@@ -250,6 +234,12 @@ def _send_time(as_of: datetime, timezone: str, start: time, end: time) -> dateti
     return next_send_time(as_of, _zone(timezone), Window(start=start, end=end))
 
 
+def next_opening(as_of: datetime, timezone: str, window: Window) -> datetime:
+    """``next_send_time`` in the zone named ``timezone`` (cached, see ``_send_time``):
+    the planner asks it when it plans, the dispatcher again when it sends."""
+    return _send_time(as_of, timezone, window.start, window.end)
+
+
 def decide(
     recipient: Recipient,
     rules: CampaignRules,
@@ -267,7 +257,7 @@ def decide(
     if not reentry_allows(rules.reentry, history.last_sent, recipient.last_activity, as_of):
         return Decision(cid, "skip", REENTRY, channel, address)
     window = effective_window(channel, rules.send_window, config)
-    send_at = _send_time(as_of, recipient.timezone, window.start, window.end)
+    send_at = next_opening(as_of, recipient.timezone, window)
     if is_held_out(rules.name, cid, rules.holdout):
         return Decision(cid, "skip", HELD_OUT, channel, address, send_at)
     preempts = False

@@ -26,7 +26,7 @@ M = cast(Table, Message.__table__)
 R = cast(Table, CampaignRun.__table__)
 
 # How the calendar groups message states (every state falls in one group).
-WAITING = (State.PLANNED, State.RETRY, State.SENDING)
+WAITING = (State.PLANNED, State.RETRY, State.CLAIMED, State.SENDING)
 SENT = (State.SENT, State.DELIVERED, State.BOUNCED, State.UNDELIVERED)
 FAILED = (State.FAILED, State.UNKNOWN, State.RENDER_ERROR, State.EXPIRED)
 

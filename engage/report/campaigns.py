@@ -57,7 +57,7 @@ GROUP_STATES = (*REACHED, State.HELD_OUT)
 # Every state, spelled out: "status IN (all of them)" lets both databases read
 # the (status, send_after) index one state at a time for the period's range.
 ALL_STATES = tuple(State)
-WAITING = (State.PLANNED, State.SENDING, State.RETRY)
+WAITING = (State.PLANNED, State.CLAIMED, State.SENDING, State.RETRY)
 UNSUBSCRIBE_REASONS = ("unsubscribe", "sms_stop", "spam_report")
 MIN_HOLDOUT = 30  # below this the holdout's rate is too unsteady to quote a lift
 

@@ -30,9 +30,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m engage.testing", description=__doc__)
     parser.add_argument("--sendgrid-port", type=int, default=0)
     parser.add_argument("--twilio-port", type=int, default=0)
+    parser.add_argument(
+        "--latency", type=float, default=0.0, help="answer every request this many seconds late"
+    )
     args = parser.parse_args(argv)
     out = sys.stdout
-    with FakeSendGrid(port=args.sendgrid_port) as sg, FakeTwilio(port=args.twilio_port) as tw:
+    with FakeSendGrid(port=args.sendgrid_port, latency=args.latency) as sg, FakeTwilio(
+        port=args.twilio_port, latency=args.latency
+    ) as tw:
         out.write(
             f"FakeSendGrid: {sg.url}\nFakeTwilio:   {tw.url}\n\n"
             f"  export ENGAGE_CHANNELS__SENDGRID__API_HOST={sg.url}\n"

@@ -7,11 +7,16 @@ Point engage at one with ``channels.sendgrid.api_host: <fake.url>`` or
 ``channels.twilio.api_base: <fake.url>``.
 
 Every request is recorded (method, path, headers, parsed body, monotonic
-timestamp). Responses can be scripted, first in first out, e.g.
-``sg.script(429, retry_after=2)``, ``sg.script(500, times=3)``,
+timestamp, the client's address). Responses can be scripted, first in first
+out, e.g. ``sg.script(429, retry_after=2)``, ``sg.script(500, times=3)``,
 ``sg.script("hang", seconds=5)`` (answer nothing for that long, then drop the
-connection), ``tw.script(400, code=21610)``. With nothing scripted, requests
-that are well formed succeed the way the provider would answer them.
+connection), ``sg.script("drop")`` (read the request, hang up at once),
+``sg.script(202, delay=2)`` (answer normally, two seconds late),
+``tw.script(400, code=21610)``. With nothing scripted, requests that are well
+formed succeed the way the provider would answer them, after ``latency``
+seconds (default 0: at once). Connections are kept alive, like the real
+APIs', until the client closes them or stays idle for ``idle_timeout``
+seconds (default: forever).
 """
 
 from __future__ import annotations
@@ -45,13 +50,15 @@ class Recorded:
     at: float  # time.monotonic() when the request was read
     status: int | None = None  # what the fake answered; None when it hung up
     provider_id: str | None = None  # X-Message-Id or Twilio SID handed out
+    peer: str = ""  # the client's host:port: requests over one connection share it
 
 
 @dataclass
 class Reply:
-    """A scripted answer; ``status="hang"`` answers nothing for ``seconds``."""
+    """A scripted answer; ``status="hang"`` answers nothing for ``seconds``,
+    ``"drop"`` hangs up at once; ``delay`` answers that many seconds late."""
 
-    status: int | Literal["hang"]
+    status: int | Literal["hang", "drop"]
     retry_after: float | None = None
     code: int | None = None  # Twilio error code
     message: str | None = None
@@ -59,6 +66,7 @@ class Reply:
     seconds: float = 5.0
     headers: dict[str, str] = dataclasses.field(default_factory=dict)
     body: Any = None  # a JSON body to answer instead of the provider's usual error
+    delay: float = 0.0
 
 
 class _Server(ThreadingHTTPServer):
@@ -77,6 +85,11 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         return  # quiet: tests read .requests instead
 
+    def setup(self) -> None:
+        super().setup()
+        if self.server.fake.idle_timeout is not None:  # an idle kept-alive connection ends
+            self.connection.settimeout(self.server.fake.idle_timeout)
+
     def _handle(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
@@ -88,8 +101,12 @@ class _Handler(BaseHTTPRequestHandler):
 class _FakeBase:
     """Server lifecycle, request log and response script shared by both fakes."""
 
-    def __init__(self, port: int = 0) -> None:
+    def __init__(
+        self, port: int = 0, *, latency: float = 0.0, idle_timeout: float | None = None
+    ) -> None:
         self.port = port  # 0: any free port
+        self.latency = latency  # seconds before every unscripted answer
+        self.idle_timeout = idle_timeout  # close a kept-alive connection idle this long
         self._lock = threading.Lock()
         self._requests: list[Recorded] = []
         self._script: deque[Reply] = deque()
@@ -142,7 +159,7 @@ class _FakeBase:
 
     def script(
         self,
-        status: int | Literal["hang"],
+        status: int | Literal["hang", "drop"],
         *,
         times: int = 1,
         retry_after: float | None = None,
@@ -152,9 +169,12 @@ class _FakeBase:
         seconds: float = 5.0,
         headers: dict[str, str] | None = None,
         body: Any = None,
+        delay: float = 0.0,
     ) -> _FakeBase:
         """Queue ``times`` identical answers for the next requests."""
-        reply = Reply(status, retry_after, code, message, field, seconds, dict(headers or {}), body)
+        reply = Reply(
+            status, retry_after, code, message, field, seconds, dict(headers or {}), body, delay
+        )
         with self._lock:
             self._script.extend([reply] * times)
         return self
@@ -173,14 +193,19 @@ class _FakeBase:
         headers = {k.lower(): v for k, v in h.headers.items()}
         path = urlsplit(h.path).path
         body = self._parse_body(headers, raw)
+        peer = f"{h.client_address[0]}:{h.client_address[1]}"
         # Credentials first, as the real APIs do; a refused request uses no scripted answer.
         denied = self._denied(headers)
         reply = None if denied else self._next_scripted()
-        if reply is not None and reply.status == "hang":
-            self._record(Recorded(h.command, path, headers, body, raw, at))
-            self._closing.wait(reply.seconds)
+        if reply is not None and reply.status in ("hang", "drop"):
+            self._record(Recorded(h.command, path, headers, body, raw, at, peer=peer))
+            if reply.status == "hang":
+                self._closing.wait(reply.seconds)
             h.close_connection = True  # hang up without a word
             return
+        wait = reply.delay if reply is not None else self.latency
+        if wait > 0:
+            self._closing.wait(wait)
         out_headers: dict[str, str] = {}
         if denied is not None:
             status, payload, provider_id = 401, denied, None
@@ -188,7 +213,7 @@ class _FakeBase:
             status, out_headers, payload, provider_id = self._answer(
                 h.command, path, headers, body, reply
             )
-        self._record(Recorded(h.command, path, headers, body, raw, at, status, provider_id))
+        self._record(Recorded(h.command, path, headers, body, raw, at, status, provider_id, peer))
         data = json.dumps(payload).encode() if payload is not None else b""
         h.send_response(status)
         if payload is not None:
@@ -232,8 +257,8 @@ class _FakeBase:
 class FakeSendGrid(_FakeBase):
     """``POST /v3/mail/send`` answering 202 with an ``X-Message-Id``, like SendGrid v3."""
 
-    def __init__(self, api_key: str = "SG.test-key", port: int = 0) -> None:
-        super().__init__(port)
+    def __init__(self, api_key: str = "SG.test-key", port: int = 0, **kw: Any) -> None:
+        super().__init__(port, **kw)
         self.api_key = api_key
 
     def __enter__(self) -> FakeSendGrid:
@@ -253,7 +278,7 @@ class FakeSendGrid(_FakeBase):
         self, method: str, path: str, headers: dict[str, str], body: Any, reply: Reply | None
     ) -> tuple[int, dict[str, str], Any, str | None]:
         if reply is not None:
-            assert reply.status != "hang"
+            assert isinstance(reply.status, int)
             default = {429: "too many requests", 500: "internal error"}.get(
                 reply.status, "scripted error"
             )
@@ -328,9 +353,13 @@ class FakeTwilio(_FakeBase):
     """``POST /2010-04-01/Accounts/{sid}/Messages.json`` answering 201 with an ``SM...`` SID."""
 
     def __init__(
-        self, account_sid: str = "AC" + "0" * 32, auth_token: str = "test-token", port: int = 0
+        self,
+        account_sid: str = "AC" + "0" * 32,
+        auth_token: str = "test-token",
+        port: int = 0,
+        **kw: Any,
     ) -> None:
-        super().__init__(port)
+        super().__init__(port, **kw)
         self.account_sid = account_sid
         self.auth_token = auth_token
 
@@ -357,7 +386,7 @@ class FakeTwilio(_FakeBase):
         self, method: str, path: str, headers: dict[str, str], body: Any, reply: Reply | None
     ) -> tuple[int, dict[str, str], Any, str | None]:
         if reply is not None:
-            assert reply.status != "hang"
+            assert isinstance(reply.status, int)
             if 200 <= reply.status < 300:
                 return self._created(body, reply.status, self._reply_headers(reply))
             code = reply.code or {429: 20429, 404: 20404}.get(reply.status, reply.status)

@@ -9,9 +9,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
-# TransientSendError.code values. "timeout" and "network" mean the request may
-# have reached the provider (dispatch may prefer "unknown" over a blind retry);
-# "connect" means it certainly did not.
+# Send error codes for transport failures: "connect" (TransientSendError) means
+# the request certainly did not reach the provider; "timeout" and "network"
+# (AmbiguousSendError) mean it was written and may have been accepted.
 TIMEOUT = "timeout"
 NETWORK = "network"
 CONNECT = "connect"

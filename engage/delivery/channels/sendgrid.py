@@ -5,9 +5,23 @@ default is to wait forever, so one stuck connection would pin a worker. We call
 ``client.client.mail.send.post(request_body=..., timeout=...)`` instead, which
 is what ``send()`` does underneath. The SDK's ``python_http_client.Client``
 shares one mutable header dict between the objects its attribute chain
-creates, so each worker thread gets its own ``SendGridAPIClient``
-(``threading.local``); they are cheap (urllib opens a connection per request
-anyway).
+creates, so each worker thread gets its own client (``threading.local``).
+
+**Kept-alive connections.** The SDK's transport is urllib, which opens a new
+TCP (and TLS) connection for every request and closes it afterwards. Each
+thread's client here is a ``python_http_client.Client`` whose
+``_make_request`` (the SDK's documented seam for its transport) hands the
+request the SDK built to ``KeptAlive``: one ``http.client`` connection per
+thread, reused while the server keeps it open. The SDK still builds the
+request and reads the answer, errors included. Behind an ``HTTPS_PROXY`` the
+SDK's own urllib transport is used, as before.
+
+**What a failure means** (see ``map_sendgrid_error``): like urllib, the
+transport raises ``URLError`` for what fails while connecting or writing the
+request (refused, DNS, connect timeout, a connection that broke before the
+whole request was written: SendGrid cannot have acted on it) and lets what
+fails after the request was written through bare (a read timeout, a dropped
+connection): SendGrid may have accepted that message.
 
 Only engage's message id goes to SendGrid as ``custom_args`` (webhook events
 echo it back); categories are ``["engage", <campaign>]`` plus configured extras.
@@ -17,22 +31,34 @@ No PII beyond the recipient address itself ever leaves in metadata.
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import re
+import select
+import socket
 import threading
 import time
 import urllib.error
+import urllib.request
 from typing import Any
+from urllib.parse import urlsplit
 
+import python_http_client
 from python_http_client.exceptions import HTTPError
 from sendgrid import SendGridAPIClient
 
 from ...config import Config, SendGridChannel
-from ...errors import PermanentSendError, SendError, TransientSendError
+from ...errors import (
+    AmbiguousSendError,
+    PermanentSendError,
+    ProviderAuthError,
+    SendError,
+    TransientSendError,
+)
 from ._common import CONNECT, NETWORK, TIMEOUT, parse_retry_after, scrub
 from .base import ChannelKind, Outgoing, SendResult
 
-__all__ = ["SendGridEmailChannel", "build_mail_payload", "map_sendgrid_error"]
+__all__ = ["KeptAlive", "SendGridEmailChannel", "build_mail_payload", "map_sendgrid_error"]
 
 _RECIPIENT_FIELD = re.compile(r"^personalizations\.\d+\.to(\.|$)")
 _MAX_CATEGORY = 255
@@ -77,7 +103,7 @@ def build_mail_payload(message: Outgoing, settings: SendGridChannel) -> dict[str
 
 
 def map_sendgrid_error(exc: BaseException, *, api_key: str = "", to: str = "") -> SendError:
-    """The one place SendGrid/urllib failures become Transient or Permanent errors.
+    """The one place SendGrid/transport failures become engage's send errors.
 
     The API key never appears in the result and the recipient address is masked.
     """
@@ -88,38 +114,39 @@ def map_sendgrid_error(exc: BaseException, *, api_key: str = "", to: str = "") -
     if isinstance(exc, HTTPError):
         status = int(exc.status_code)
         headers = exc.headers
-        retry_after = _retry_after(headers)
         errors = _error_list(exc.body)
         detail = clean("; ".join(e.get("message") or "" for e in errors if e.get("message")))
         text = f"SendGrid HTTP {status}" + (f": {detail}" if detail else "")
         if status == 429 or status >= 500:
-            return TransientSendError(text, code=str(status), retry_after=retry_after)
+            return TransientSendError(text, code=str(status), retry_after=_retry_after(headers))
         if status in (401, 403):
-            # The body is not echoed: say what to check, never the key.
-            return PermanentSendError(
-                f"SendGrid HTTP {status}: the API key was rejected or lacks the mail.send "
-                "permission (check SENDGRID_API_KEY)",
+            # The key itself is never echoed: say what to check.
+            return ProviderAuthError(
+                f"SendGrid refused the credentials (HTTP {status}"
+                + (f": {detail}" if detail else "")
+                + "): check SENDGRID_API_KEY, its mail.send permission and the sender identity",
                 code=str(status),
             )
         if status == 400 and any(_RECIPIENT_FIELD.match(e.get("field") or "") for e in errors):
             return PermanentSendError(text, code=str(status), suppress_reason="invalid_address")
         return PermanentSendError(text, code=str(status))
-    if isinstance(exc, TimeoutError):  # socket.timeout is TimeoutError since 3.10
-        return TransientSendError("SendGrid timed out", code=TIMEOUT)
-    if isinstance(exc, urllib.error.URLError):
+    if isinstance(exc, urllib.error.URLError):  # connecting or writing: SendGrid has nothing
         reason = exc.reason
         if isinstance(reason, TimeoutError):
             return TransientSendError("SendGrid timed out while connecting", code=CONNECT)
-        if isinstance(reason, OSError):  # refused, DNS, unreachable: never sent
-            return TransientSendError(
-                clean(f"cannot reach SendGrid: {type(reason).__name__}: {reason}"), code=CONNECT
-            )
-        return TransientSendError(clean(f"cannot reach SendGrid: {reason}"), code=NETWORK)
-    if isinstance(exc, ConnectionRefusedError):
-        return TransientSendError("cannot reach SendGrid: connection refused", code=CONNECT)
-    if isinstance(exc, ConnectionError | http.client.HTTPException | OSError):
-        return TransientSendError(
-            clean(f"SendGrid connection failed: {type(exc).__name__}: {exc}"), code=NETWORK
+        why = f"{type(reason).__name__}: {reason}" if isinstance(reason, OSError) else reason
+        return TransientSendError(clean(f"cannot reach SendGrid: {why}"), code=CONNECT)
+    if isinstance(exc, TimeoutError):  # socket.timeout is TimeoutError since 3.10
+        return AmbiguousSendError(
+            "SendGrid did not answer in time: it may have accepted the message", code=TIMEOUT
+        )
+    if isinstance(exc, OSError | http.client.HTTPException):
+        return AmbiguousSendError(
+            clean(
+                f"the connection to SendGrid broke after the request was sent "
+                f"({type(exc).__name__}: {exc}): it may have accepted the message"
+            ),
+            code=NETWORK,
         )
     raise TypeError(f"not a SendGrid transport error: {type(exc).__name__}")
 
@@ -147,6 +174,134 @@ def _error_list(body: Any) -> list[dict[str, Any]]:
     return [e for e in errors if isinstance(e, dict)] if isinstance(errors, list) else []
 
 
+# A kept-alive connection idle longer than this is not reused: servers close idle
+# connections after a few seconds, and one closed while our request is on its
+# way would turn a sure "not sent" into an ambiguous one.
+KEEPALIVE_IDLE_SECONDS = 4.0
+
+
+class _Answer:
+    """What python_http_client.Response reads from a urllib response."""
+
+    def __init__(self, status: int, body: bytes, headers: http.client.HTTPMessage) -> None:
+        self._status, self._body, self._headers = status, body, headers
+
+    def getcode(self) -> int:
+        return self._status
+
+    def read(self) -> bytes:
+        return self._body
+
+    def info(self) -> http.client.HTTPMessage:
+        return self._headers
+
+
+class KeptAlive:
+    """A urllib-style ``open(request, timeout)`` over one kept-alive
+    ``http.client`` connection (one per thread: not thread-safe)."""
+
+    def __init__(self) -> None:
+        self._conn: http.client.HTTPConnection | None = None
+        self._origin: tuple[str, str] | None = None
+        self._idle_since = 0.0
+
+    def open(self, request: urllib.request.Request, timeout: float | None = None) -> _Answer:
+        url = urlsplit(request.full_url)
+        conn = self._connection(url.scheme, url.netloc, timeout)
+        path = url.path + (f"?{url.query}" if url.query else "")
+        try:
+            if conn.sock is None:
+                conn.connect()
+                # http.client writes the headers and the body separately: without
+                # this, Nagle holds the body back until the headers are ACKed, and
+                # on a kept-alive connection that ACK is delayed (40 ms a request).
+                sock: Any = conn.sock
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn.request(request.get_method(), path, request.data, dict(request.header_items()))
+        except OSError as exc:  # connecting or writing: the request did not get through
+            self.close()
+            raise urllib.error.URLError(exc) from None
+        try:
+            response = conn.getresponse()
+            body = response.read()
+        except BaseException:  # after the request was written: left to the caller as is
+            self.close()
+            raise
+        if response.will_close:
+            self.close()
+        self._idle_since = time.monotonic()
+        if response.status >= 400:
+            raise urllib.error.HTTPError(
+                request.full_url, response.status, response.reason, response.msg, io.BytesIO(body)
+            )
+        return _Answer(response.status, body, response.msg)
+
+    def _connection(
+        self, scheme: str, netloc: str, timeout: float | None
+    ) -> http.client.HTTPConnection:
+        conn = self._conn
+        if conn is not None and (
+            self._origin != (scheme, netloc)
+            or time.monotonic() - self._idle_since > KEEPALIVE_IDLE_SECONDS
+            or not _idle_and_open(conn)
+        ):
+            self.close()
+            conn = None
+        if conn is None:
+            cls = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
+            conn = self._conn = cls(netloc, timeout=timeout)
+            self._origin = (scheme, netloc)
+        elif conn.sock is not None:
+            conn.sock.settimeout(timeout)
+        conn.timeout = timeout
+        return conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+        self._conn = None
+
+    __del__ = close  # a channel nobody closed does not leak its sockets
+
+
+def _idle_and_open(conn: http.client.HTTPConnection) -> bool:
+    """False when the server closed the connection (or sent something unasked):
+    an idle connection that has become readable cannot take another request."""
+    if conn.sock is None:
+        return True  # nothing opened yet
+    poller = select.poll()
+    poller.register(conn.sock, select.POLLIN)
+    return not poller.poll(0)
+
+
+class _KeptAliveClient(python_http_client.Client):
+    """The SDK's HTTP client, carrying requests over this thread's ``KeptAlive``."""
+
+    def __init__(self, transport: KeptAlive, **kw: Any) -> None:
+        super().__init__(**kw)
+        self._transport = transport
+
+    def _build_client(self, name: str | None = None) -> _KeptAliveClient:
+        url_path = self._url_path + [name] if name else self._url_path
+        return _KeptAliveClient(
+            self._transport,
+            host=self.host,
+            version=self._version,
+            request_headers=self.request_headers,
+            url_path=url_path,
+            append_slash=self.append_slash,
+            timeout=self.timeout,
+        )
+
+    def _make_request(self, opener: Any, request: Any, timeout: float | None = None) -> Any:
+        return super()._make_request(self._transport, request, timeout)
+
+
+class _PerThread(threading.local):
+    endpoint: Any = None
+    transport: KeptAlive | None = None
+
+
 class SendGridEmailChannel:
     """The ``sendgrid`` email channel; safe to share between worker threads."""
 
@@ -157,7 +312,11 @@ class SendGridEmailChannel:
         self.settings = settings
         self._api_key = api_key
         self._host = settings.api_host.rstrip("/")
-        self._local = threading.local()
+        self._local = _PerThread()
+        self._lock = threading.Lock()
+        self._opened: list[KeptAlive] = []
+        host = urlsplit(self._host).hostname or ""
+        self._direct = not urllib.request.getproxies() or bool(urllib.request.proxy_bypass(host))
 
     @classmethod
     def from_config(cls, config: Config) -> SendGridEmailChannel:
@@ -170,13 +329,24 @@ class SendGridEmailChannel:
         """This thread's ``client.mail.send``. Built once: each attribute of the
         SDK's chain constructs a new ``Client``, and the endpoint holds no state
         between calls (its headers are fixed here, before the first request)."""
-        endpoint = getattr(self._local, "endpoint", None)
-        if endpoint is None:
-            client = SendGridAPIClient(self._api_key, host=self._host)
+        local = self._local
+        if local.endpoint is None:
+            sdk = SendGridAPIClient(self._api_key, host=self._host)
+            client = sdk.client
+            if self._direct:
+                local.transport = KeptAlive()
+                with self._lock:
+                    self._opened.append(local.transport)
+                client = _KeptAliveClient(
+                    local.transport,
+                    host=client.host,
+                    request_headers=client.request_headers,
+                    version=3,
+                )
             # Set once so the SDK's setdefault() never mutates the dict mid-request.
-            client.client.request_headers["Content-Type"] = "application/json"
-            endpoint = self._local.endpoint = client.client.mail.send
-        return endpoint
+            client.request_headers["Content-Type"] = "application/json"
+            local.endpoint = client.mail.send
+        return local.endpoint
 
     def send(self, message: Outgoing) -> SendResult:
         payload = build_mail_payload(message, self.settings)
@@ -189,4 +359,8 @@ class SendGridEmailChannel:
         return SendResult(provider=self.provider, provider_id=provider_id)
 
     def close(self) -> None:
-        """Nothing to release: urllib keeps no connections between requests."""
+        """Close every thread's kept-alive connection."""
+        with self._lock:
+            opened, self._opened = self._opened, []
+        for transport in opened:
+            transport.close()

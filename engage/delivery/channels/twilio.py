@@ -28,7 +28,14 @@ from twilio.rest import Client
 from urllib3.exceptions import NewConnectionError
 
 from ...config import Config, TwilioChannel
-from ...errors import ConfigError, PermanentSendError, SendError, TransientSendError
+from ...errors import (
+    AmbiguousSendError,
+    ConfigError,
+    PermanentSendError,
+    ProviderAuthError,
+    SendError,
+    TransientSendError,
+)
 from ._common import CONNECT, NETWORK, TIMEOUT, parse_retry_after, scrub
 from .base import ChannelKind, Outgoing, SendResult
 
@@ -120,26 +127,33 @@ def map_twilio_error(
         if code in RATE_LIMIT_CODES or status == 429 or status >= 500:
             return TransientSendError(text, code=str(code), retry_after=retry_after)
         if status in (401, 403):
-            return PermanentSendError(
-                f"Twilio HTTP {status} error {code}: credentials rejected "
-                "(check TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN)",
+            return ProviderAuthError(
+                f"Twilio refused the credentials (HTTP {status} error {code}): "
+                "check TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN",
                 code=str(code),
             )
         return PermanentSendError(text, code=str(code))
     if isinstance(exc, TwilioException):  # raised by the SDK before any request
         return PermanentSendError(clean(f"Twilio client error: {exc}"))
+    # Before the request was written (Twilio has nothing): worth retrying.
     if isinstance(exc, requests.ConnectTimeout):
         return TransientSendError("Twilio timed out while connecting", code=CONNECT)
-    if isinstance(exc, requests.Timeout):
-        return TransientSendError("Twilio timed out", code=TIMEOUT)
     if isinstance(exc, requests.ConnectionError):
         reason = getattr(exc.args[0] if exc.args else None, "reason", None)
-        if isinstance(reason, NewConnectionError):
+        if isinstance(reason, NewConnectionError):  # refused, DNS, unreachable
             return TransientSendError("cannot reach Twilio: connection failed", code=CONNECT)
-        return TransientSendError(clean(f"Twilio connection failed: {exc}"), code=NETWORK)
-    if isinstance(exc, OSError):  # other RequestException subclasses, raw socket errors
-        return TransientSendError(
-            clean(f"Twilio request failed: {type(exc).__name__}: {exc}"), code=NETWORK
+    # After it (a read timeout, a connection dropped mid-request): Twilio may have it.
+    if isinstance(exc, requests.Timeout):
+        return AmbiguousSendError(
+            "Twilio did not answer in time: it may have accepted the message", code=TIMEOUT
+        )
+    if isinstance(exc, OSError):  # other ConnectionErrors, raw socket errors
+        return AmbiguousSendError(
+            clean(
+                f"the connection to Twilio broke during the request "
+                f"({type(exc).__name__}: {exc}): it may have accepted the message"
+            ),
+            code=NETWORK,
         )
     raise TypeError(f"not a Twilio transport error: {type(exc).__name__}")
 
