@@ -16,9 +16,12 @@ from typing import Any
 from sqlalchemy import (
     BindParameter,
     ColumnElement,
+    Connection,
+    Engine,
     Subquery,
     and_,
     case,
+    exists,
     func,
     literal,
     select,
@@ -27,8 +30,9 @@ from sqlalchemy import (
 )
 
 from ..config import Config
+from ..db import facts as stored
 from ..db.bulk import in_values
-from ..db.models import Customer, Interaction, Money, PointsLot, UTCDateTime
+from ..db.models import Customer, CustomerFacts, Interaction, Money, PointsLot, UTCDateTime
 
 # --- set-based facts about customers --------------------------------------------------
 
@@ -43,6 +47,38 @@ def engagement_filter(config: Config) -> ColumnElement[bool]:
     if config.ignored_kinds:
         return kind.not_in(config.ignored_kinds)
     return true()
+
+
+def rule_of(config: Config) -> stored.EngagementRule:
+    """The engagement rule of ``config``, as the stored facts record it."""
+    return stored.EngagementRule.of(config.engagement_kinds, config.ignored_kinds)
+
+
+def ensure_facts(engine: Engine, config: Config, now: datetime) -> bool:
+    """Make ``customer_facts`` follow ``config``'s engagement rule (``engage db
+    upgrade`` and every import call this); True when they were rebuilt."""
+    with engine.begin() as conn:
+        return stored.ensure(conn, rule_of(config), now)
+
+
+def facts_usable(conn: Connection, config: Config, as_of: datetime) -> bool:
+    """Whether ``customer_facts`` are every customer's facts as of ``as_of``.
+
+    They are when they are complete, follow ``config``'s engagement rule, and
+    nothing is recorded after ``as_of`` for a customer who had signed up by
+    then (``horizon``, an index probe). Otherwise ``as_of`` is in the past
+    of some customer's data and the interaction log answers instead.
+    """
+    state = stored.state(conn)
+    if not state.valid or state.engagement != rule_of(config).to_json():
+        return False
+    f = CustomerFacts.__table__
+    later = exists(
+        select(f.c.customer_id).where(
+            f.c.horizon > at_instant(as_of), f.c.created_at <= at_instant(as_of)
+        )
+    )
+    return not conn.execute(select(later)).scalar()
 
 
 def interaction_facts(
