@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     BindParameter,
     ColumnElement,
     Connection,
@@ -21,6 +22,7 @@ from sqlalchemy import (
     Subquery,
     and_,
     case,
+    cast,
     exists,
     func,
     literal,
@@ -186,6 +188,19 @@ def lifetime_value_of(as_of: datetime) -> Any:
         .where(orders_where(as_of))
         .scalar_subquery()
     )
+
+
+def lifetime_cents_of(as_of: datetime) -> Any:
+    """The customer's order amounts up to ``as_of`` in whole cents (NULL when
+    none): exact on every backend (SQLite keeps amounts as REAL, whose sums
+    can land a hair below a threshold), and what ``customer_facts`` sums."""
+    i = Interaction.__table__
+    return select(func.sum(cents(i.c.amount))).where(orders_where(as_of)).scalar_subquery()
+
+
+def cents(amount: Any) -> Any:
+    """An amount in whole cents, as SQL (``engage.db.facts`` rounds the same way)."""
+    return cast(func.round(amount * 100), BigInteger)
 
 
 def live_lots(as_of: datetime) -> ColumnElement[bool]:
