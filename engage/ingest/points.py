@@ -18,24 +18,26 @@ from typing import Any
 
 from sqlalchemy import Connection, Table, bindparam, insert, select, update
 
+from ..db.bulk import in_values, load_rows
 from ..db.models import PointsAllocation, PointsLot, PointsRedemption
 from .fields import EarnRec, RedeemRec, RowInvalid
 from .store import (
     INSERTED,
     UNCHANGED,
     UPDATED,
+    FactsUpkeep,
     Outcome,
     chunks,
     fetch_by,
     known_customers,
     unknown_customer,
-    upsert,
 )
 
 _LOT: Table = PointsLot.__table__  # type: ignore[assignment]
 _REDEMPTION: Table = PointsRedemption.__table__  # type: ignore[assignment]
 _ALLOCATION: Table = PointsAllocation.__table__  # type: ignore[assignment]
 _LOT_FIELDS = ("customer_id", "points", "remaining", "earned_at", "expires_at")
+_LOT_COLUMNS = ("external_id", *_LOT_FIELDS)
 _REDEMPTION_FIELDS = ("customer_id", "points", "redeemed_at")
 
 
@@ -49,7 +51,7 @@ class _Lot:
 
 
 def write_points(
-    conn: Connection, recs: Sequence[EarnRec | RedeemRec], now: datetime
+    conn: Connection, recs: Sequence[EarnRec | RedeemRec], now: datetime, upkeep: FactsUpkeep
 ) -> list[Outcome]:
     """Apply earns and redemptions in order; one outcome per record."""
     known = known_customers(conn, (r.customer_id for r in recs))
@@ -69,6 +71,9 @@ def write_points(
             outs = _write_redemptions(conn, run)  # type: ignore[arg-type]
         for i, out in zip(idx, outs, strict=True):
             outcomes[i] = out
+    upkeep.refresh(
+        conn, (recs[i].customer_id for i in valid if outcomes[i] in (INSERTED, UPDATED))
+    )
     return [o if o is not None else RowInvalid("points", "not processed") for o in outcomes]
 
 
@@ -76,7 +81,12 @@ def _write_earns(conn: Connection, recs: Sequence[EarnRec]) -> list[Outcome]:
     """Upsert lots on ``external_id``. Changing a lot's points moves ``remaining``
     by the same amount, which must not drop below zero (points already redeemed)."""
     table = _LOT
-    existing = fetch_by(conn, table, "external_id", (r.external_id for r in recs), _LOT_FIELDS)
+    existing = {
+        ext: {"external_id": ext, **dict(zip(_LOT_FIELDS, values, strict=True))}
+        for ext, values in fetch_by(
+            conn, table, "external_id", (r.external_id for r in recs), _LOT_FIELDS
+        ).items()
+    }
     state: dict[str, dict[str, Any]] = {}
     dirty: dict[str, None] = {}
     outcomes: list[Outcome] = []
@@ -115,8 +125,8 @@ def _write_earns(conn: Connection, recs: Sequence[EarnRec]) -> list[Outcome]:
         if outcome != UNCHANGED:
             dirty[rec.external_id] = None
         outcomes.append(outcome)
-    rows = [state[ext] for ext in dirty]
-    upsert(conn, table, "external_id", rows, ("points", "remaining", "earned_at", "expires_at"))
+    rows = [tuple(state[ext][c] for c in _LOT_COLUMNS) for ext in dirty]
+    load_rows(conn, table, _LOT_COLUMNS, rows, key=["external_id"], update=_LOT_COLUMNS[2:])
     return outcomes
 
 
@@ -132,7 +142,7 @@ def _load_lots(conn: Connection, recs: Sequence[RedeemRec]) -> dict[str, list[_L
         query = (
             select(t.id, t.customer_id, t.remaining, t.earned_at, t.expires_at)
             .where(
-                t.customer_id.in_(chunk),
+                in_values(t.customer_id, chunk),
                 t.remaining > 0,
                 t.earned_at <= latest,
                 t.expires_at > earliest,
@@ -151,9 +161,12 @@ def _write_redemptions(conn: Connection, recs: Sequence[RedeemRec]) -> list[Outc
     """Insert new redemptions with their FIFO allocations; a known
     ``external_id`` with the same values is unchanged (never re-applied)."""
     table = _REDEMPTION
-    existing = fetch_by(
-        conn, table, "external_id", (r.external_id for r in recs), _REDEMPTION_FIELDS
-    )
+    existing = {
+        ext: {"external_id": ext, **dict(zip(_REDEMPTION_FIELDS, values, strict=True))}
+        for ext, values in fetch_by(
+            conn, table, "external_id", (r.external_id for r in recs), _REDEMPTION_FIELDS
+        ).items()
+    }
     lots = _load_lots(conn, [r for r in recs if r.external_id not in existing])
     seen: dict[str, dict[str, Any]] = {}
     fresh: list[dict[str, Any]] = []
