@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Table, event
+from sqlalchemy import Connection, Table, event, text
 
 from .models import Base
 
@@ -393,9 +393,16 @@ def facts_paused(conn: Connection) -> Iterator[None]:
         conn.exec_driver_sql("UPDATE facts_state SET paused = 0 WHERE id = 1")
 
 
-def refresh(conn: Connection, rule: EngagementRule, ids: str, params: Any = ()) -> None:
-    """Recompute the facts of the customers ``ids`` (SQL) selects, set-based."""
-    conn.exec_driver_sql(recompute_sql(conn.dialect.name, rule, ids), params)
+def refresh(conn: Connection, rule: EngagementRule, customer_ids: Sequence[str]) -> None:
+    """Recompute these customers' facts from the log, in one statement."""
+    if not customer_ids:
+        return
+    value: Any
+    if conn.dialect.name == "postgresql":
+        ids, value = "SELECT unnest(CAST(:ids AS text[]))", list(customer_ids)
+    else:
+        ids, value = "SELECT value FROM json_each(:ids)", json.dumps(list(customer_ids))
+    conn.execute(text(recompute_sql(conn.dialect.name, rule, ids)), {"ids": value})
 
 
 def _after_create(target: Any, connection: Connection, **kw: Any) -> None:
