@@ -8,25 +8,30 @@ returns exactly the matching customers, streamed.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
 from sqlalchemy import (
+    Boolean,
     ColumnElement,
     Engine,
+    String,
     and_,
+    bindparam,
     exists,
-    false,
     func,
     literal,
     or_,
     select,
     text,
 )
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql import Select
 from sqlalchemy.sql.util import find_tables
+from sqlalchemy.sql.visitors import InternalTraversal
 
 from ..config import Config
 from ..customers.facts import (
@@ -55,31 +60,102 @@ def expiring_window(audience: Any) -> timedelta:
 
 def _where_attributes(where: dict[str, Any]) -> list[ColumnElement[bool]]:
     """``where: {country: [US, CA], vip: true}`` on the JSON ``attributes`` column."""
-    attrs = Customer.__table__.c.attributes
-    clauses: list[ColumnElement[bool]] = []
-    for key, wanted in where.items():
-        values = wanted if isinstance(wanted, list) else [wanted]
-        by_type: list[ColumnElement[bool]] = []
-        for typ, accessor in (
-            (bool, lambda e: e.as_boolean()),
-            (int, lambda e: e.as_integer()),
-            (float, lambda e: e.as_float()),
-            (str, lambda e: e.as_string()),
-        ):
-            group = [v for v in values if type(v) is typ]
-            if group:
-                by_type.append(accessor(attrs[key]).in_(group))
-        clauses.append(or_(*by_type) if by_type else false())
-    return clauses
+    return [
+        _AttributeIn(key, wanted if isinstance(wanted, list) else [wanted])
+        for key, wanted in where.items()
+    ]
+
+
+class _AttributeIn(ColumnElement[bool]):
+    """An attribute equals one of ``values``, JSON types included (docs:
+    ``"3"`` is not ``3``, ``true`` is not ``1``), the same on both backends.
+
+    SQLAlchemy's JSON accessors did not keep types apart: PostgreSQL's
+    ``->>`` reads the number 3 and the text "3" alike (and its integer cast
+    failed on text that is no number), SQLite's ``json_extract`` reads
+    ``true`` as 1. PostgreSQL now compares ``jsonb`` values; SQLite checks
+    ``json_type`` beside the value. Every value is a bound parameter of the
+    element, so statements using it are cached like any other.
+    """
+
+    inherit_cache = True
+    type = Boolean()
+    _traverse_internals = [
+        ("column", InternalTraversal.dp_clauseelement),
+        ("name", InternalTraversal.dp_clauseelement),
+        ("path", InternalTraversal.dp_clauseelement),
+        ("raw", InternalTraversal.dp_clauseelement_list),
+        ("encoded", InternalTraversal.dp_clauseelement_list),
+        ("kinds", InternalTraversal.dp_plain_obj),
+    ]
+
+    def __init__(self, key: str, values: list[Any]) -> None:
+        self.column = Customer.__table__.c.attributes
+        self.name = bindparam(None, key, String())  # PostgreSQL: jsonb -> name
+        self.path = bindparam(None, f'$."{key}"', String())  # SQLite: the JSON path
+        self.raw: list[Any] = [bindparam(None, v) for v in values]
+        self.encoded = [bindparam(None, json.dumps(v), String()) for v in values]
+        # The SQL's shape (and SQLite's true/false, written into it) by value.
+        self.kinds = tuple(
+            ("true" if v else "false")
+            if isinstance(v, bool)
+            else "number"
+            if isinstance(v, int | float)
+            else "text"
+            for v in values
+        )
+
+    @property
+    def _from_objects(self) -> list[Any]:  # type: ignore[override]
+        return self.column._from_objects
+
+    def self_group(self, against: Any = None) -> Any:
+        return self
+
+
+@compiles(_AttributeIn)
+def _attribute_in_sqlite(element: _AttributeIn, compiler: Any, **kw: Any) -> str:
+    attrs = compiler.process(element.column, **kw)
+
+    def of(fn: str) -> str:
+        return f"{fn}({attrs}, {compiler.process(element.path, **kw)})"
+
+    terms = []
+    for kind, raw in zip(element.kinds, element.raw, strict=True):
+        if kind in ("true", "false"):
+            terms.append(f"{of('json_type')} = '{kind}'")
+        elif kind == "number":
+            value = compiler.process(raw, **kw)
+            terms.append(
+                f"({of('json_type')} IN ('integer', 'real') AND {of('json_extract')} = {value})"
+            )
+        else:
+            value = compiler.process(raw, **kw)
+            terms.append(f"({of('json_type')} = 'text' AND {of('json_extract')} = {value})")
+    return "(" + " OR ".join(terms) + ")" if terms else "(1 = 0)"
+
+
+@compiles(_AttributeIn, "postgresql")
+def _attribute_in_pg(element: _AttributeIn, compiler: Any, **kw: Any) -> str:
+    if not element.encoded:
+        return "(1 = 0)"
+    attrs = compiler.process(element.column, **kw)
+    name = compiler.process(element.name, **kw)
+    wanted = ", ".join(f"CAST({compiler.process(v, **kw)} AS jsonb)" for v in element.encoded)
+    return f"(CAST({attrs} AS jsonb) -> {name}) IN ({wanted})"
 
 
 def _engaged(config: Config, as_of: datetime, after: Any = None, upto: Any = None) -> Any:
     """EXISTS an engagement of the customer in (after, upto] (upto defaults to as_of)."""
     c, i = Customer.__table__, Interaction.__table__
-    q = select(literal(1)).select_from(i).where(
-        i.c.customer_id == c.c.id,
-        i.c.occurred_at <= (upto if upto is not None else at_instant(as_of)),
-        engagement_filter(config),
+    q = (
+        select(literal(1))
+        .select_from(i)
+        .where(
+            i.c.customer_id == c.c.id,
+            i.c.occurred_at <= (upto if upto is not None else at_instant(as_of)),
+            engagement_filter(config),
+        )
     )
     if after is not None:
         q = q.where(i.c.occurred_at > after)
