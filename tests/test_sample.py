@@ -254,3 +254,21 @@ def test_sqlite_instants_are_stored_as_sqlalchemy_would(tmp_path: Path) -> None:
         typed = conn.execute(select(Customer.created_at).order_by(Customer.id)).scalars().all()
     assert raw == [process(value) for value in typed]
     eng.dispose()
+
+
+def test_generated_data_has_its_indexes_and_current_facts(
+    engine: Engine, sample: SampleStats
+) -> None:
+    """The generator loads as a first full load (indexes and facts built at
+    the end): afterwards nothing is missing and the facts are the log's."""
+    from engage.db import facts
+    from engage.db.bulk import missing_indexes
+    from engage.ingest.loading import FIRST_LOAD_TABLES
+    from tests.test_facts import recomputed, snapshot
+
+    with engine.connect() as conn:
+        assert facts.state(conn).valid
+        assert not missing_indexes(conn, list(FIRST_LOAD_TABLES.values()))
+    got = snapshot(engine)
+    assert len(got) == sample.customers
+    assert got == recomputed(engine)

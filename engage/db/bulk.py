@@ -452,6 +452,7 @@ def load_rows(
     *,
     key: Sequence[str] | None = None,
     update: Sequence[str] = (),
+    converted: bool = False,
 ) -> None:
     """Write ``rows`` (value sequences in ``columns`` order) into ``table``.
 
@@ -459,13 +460,15 @@ def load_rows(
     updates the ``update`` columns (nothing when empty) instead of failing.
     Without ``key`` the rows must be new. Column defaults are not applied:
     pass every value the table needs. Rows must not repeat a key.
+    ``converted``: the values are already what the driver takes (SQLite's
+    instant text, JSON text), as the sample generator makes them.
     """
     if not rows:
         return
     if conn.dialect.name == "postgresql":
-        _pg_load(conn, table, list(columns), rows, key, update)
+        _pg_load(conn, table, list(columns), rows, key, update, converted)
     else:
-        _sqlite_load(conn, table, list(columns), rows, key, update)
+        _sqlite_load(conn, table, list(columns), rows, key, update, converted)
 
 
 def _conflict_clause(prep: Any, key: Sequence[str] | None, update: Sequence[str]) -> str:
@@ -485,9 +488,10 @@ def _sqlite_load(
     rows: Sequence[Sequence[Any]],
     key: Sequence[str] | None,
     update: Sequence[str],
+    converted: bool,
 ) -> None:
     prep = conn.dialect.identifier_preparer
-    values = _converted(conn.dialect, table, columns, rows)
+    values = rows if converted else _converted(conn.dialect, table, columns, rows)
     width = len(columns)
     per = max(1, min(_SQLITE_ROWS, _SQLITE_MAX_VARS // width))
     head = (
@@ -518,10 +522,11 @@ def _pg_load(
     rows: Sequence[Sequence[Any]],
     key: Sequence[str] | None,
     update: Sequence[str],
+    converted: bool,
 ) -> None:
     prep = conn.dialect.identifier_preparer
     names = ", ".join(prep.quote(c) for c in columns)
-    values = _converted(conn.dialect, table, columns, rows)
+    values = rows if converted else _converted(conn.dialect, table, columns, rows)
     target = prep.format_table(table)
     if key is not None:
         stage = _pg_stage(conn, table, columns)

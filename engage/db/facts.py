@@ -327,6 +327,16 @@ def invalidate(conn: Connection, rule: EngagementRule, now: datetime) -> None:
     _set_state(conn, rule.to_json(), valid=False, now=now)
 
 
+def installed_rule(conn: Connection) -> EngagementRule:
+    """The rule the facts and triggers follow now (the default when none is)."""
+    engagement = state(conn).engagement
+    if engagement is None:
+        return DEFAULT_RULE
+    data = json.loads(engagement)
+    only = data.get("only")
+    return EngagementRule(None if only is None else tuple(only), tuple(data.get("ignored", ())))
+
+
 @dataclass(frozen=True)
 class State:
     engagement: str | None  # the rule's JSON, None when facts were never installed
