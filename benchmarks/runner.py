@@ -20,7 +20,7 @@ from typing import Any
 from engage.db import make_engine
 from engage.timeutil import isoformat_z, parse_instant
 
-from . import audience, dispatch, generate, planning, rendering
+from . import audience, dispatch, generate, importing, planning, rendering
 from .common import (
     Context,
     Result,
@@ -37,6 +37,7 @@ GROUPS: dict[str, Callable[[Context], list[Result]]] = {
     "rendering": rendering.run,
     "dispatch": dispatch.run,
     "memory": planning.run_memory,
+    "import": importing.run,
 }
 
 

@@ -17,7 +17,14 @@ from benchmarks.runner import GROUPS, run
 from engage.db import make_engine
 from engage.db.models import CampaignRun, Message, Suppression
 
-GROUP_ROWS = {"audience": 6, "planning": 1, "rendering": 1, "dispatch": 2, "memory": 1}
+GROUP_ROWS = {
+    "audience": 6,
+    "planning": 1,
+    "rendering": 1,
+    "dispatch": 2,
+    "memory": 1,
+    "import": 7,
+}
 
 
 def _leftovers(url: str) -> int:
