@@ -37,9 +37,8 @@ from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
-from sqlalchemy import Connection, Engine, Table, text
+from sqlalchemy import Connection, Engine, Table, make_url, text
 
 from engage.customers.facts import rule_of
 from engage.db import facts as stored
@@ -52,6 +51,7 @@ from engage.db.bulk import (
     load_rows,
 )
 from engage.db.models import Customer, Interaction, PointsLot, PointsRedemption
+from engage.db.session import normalize_url
 from engage.ingest.loading import FIRST_LOAD_TABLES, deferred_indexes
 from engage.ingest.store import FactsUpkeep
 from engage.timeutil import utcnow
@@ -164,8 +164,9 @@ class _scratch:  # noqa: N801 - a context manager used like a function
             self.schema = f"bench_import_{self.name}_{uuid.uuid4().hex[:8]}"
             with ctx.engine.begin() as conn:
                 conn.execute(text(f'CREATE SCHEMA "{self.schema}"'))
-            sep = "&" if "?" in ctx.db_url else "?"
-            url = f"{ctx.db_url}{sep}options={quote(f'-csearch_path={self.schema}')}"
+            base = make_url(normalize_url(ctx.db_url))
+            scratch = base.update_query_dict({"options": f"-csearch_path={self.schema}"})
+            url = scratch.render_as_string(hide_password=False)
         else:
             url = f"sqlite:///{ctx.workdir / f'import-{self.name}.db'}"
         self.scratch = _Scratch(url, ctx.workdir)
@@ -195,7 +196,9 @@ def _engage(ctx: Context, db: _Scratch, kind: str, files: CsvFiles) -> dict[str,
         env=env,
         cwd=ctx.workdir,
     )  # fmt: skip
-    out = proc.stdout.read() if proc.stdout is not None else b""
+    assert proc.stdout is not None
+    with proc.stdout:
+        out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
