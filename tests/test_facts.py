@@ -245,3 +245,28 @@ def test_migration_fills_facts_from_an_existing_log(tmp_path: Path) -> None:
     with eng.connect() as conn:
         assert facts.installed(conn) == set()
     eng.dispose()
+
+
+def test_imports_keep_the_rule_the_facts_follow(engine: Engine) -> None:
+    """A config with another engagement rule does not make an import rebuild
+    anything: the facts keep their rule (audiences read the log meanwhile)
+    until ensure_facts (engage db upgrade) applies the new one."""
+    from engage.customers.facts import facts_usable
+    from engage.ingest import import_rows
+
+    opens = Config(ignored_kinds=[])
+    import_rows(engine, opens, "customers", [(1, {"id": "a", "created_at": "2026-01-01"})])
+    import_rows(
+        engine,
+        opens,
+        "interactions",
+        [(1, {"customer_id": "a", "kind": "email_open", "occurred_at": "2026-01-05"})],
+    )
+    (row,) = snapshot(engine)
+    assert row["last_engagement_at"] is None  # the default rule: an open is no engagement
+    with engine.connect() as conn:
+        assert facts.installed_rule(conn) == facts.DEFAULT_RULE
+        assert not facts_usable(conn, opens, T0 + 30 * D)
+    assert snapshot(engine) == recomputed(engine)
+    ensure_facts(engine, opens, T0)
+    assert snapshot(engine)[0]["last_engagement_at"] == T0 + 4 * D

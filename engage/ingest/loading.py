@@ -51,25 +51,30 @@ def deferred_indexes(table: Table) -> list[Index]:
 
 
 class Loading:
-    """Set up (``start``) and complete (``finish``) one import's writes."""
+    """Set up (``start``) and complete (``finish``) one import's writes.
 
-    def __init__(
-        self,
-        conn: Connection,
-        kind: str,
-        rule: stored.EngagementRule,
-        now: datetime,
-        *,
-        bulk: bool,
-    ) -> None:
-        self.conn, self.kind, self.rule, self.now, self.bulk = conn, kind, rule, now, bulk
+    The facts are kept by the rule they already follow (``facts_state``), not
+    the config's: a changed rule is ``engage db upgrade``'s to apply, and
+    until then audiences read the log (``facts_usable``), so an import never
+    rebuilds anything but what it disturbs itself. ``bulk`` (file imports)
+    may take the first-load path and finishes what an interrupted one left;
+    the HTTP ingest API's calls (not bulk) only read the rule: one query.
+    """
+
+    def __init__(self, conn: Connection, kind: str, now: datetime, *, bulk: bool) -> None:
+        self.conn, self.kind, self.now, self.bulk = conn, kind, now, bulk
         self.table = FIRST_LOAD_TABLES.get(kind)
         self.first_load = False
+        self.rebuild_facts = False
+        self.rule = stored.DEFAULT_RULE
 
     def start(self) -> FactsUpkeep:
         conn = self.conn
+        with conn.begin():
+            state = stored.state(conn)
+            self.rule = stored.installed_rule(conn)
         if self.bulk and self.table is not None and self._first_load(self.table):
-            self.first_load = True
+            self.first_load = self.rebuild_facts = True
             with conn.begin():
                 drop_indexes(conn, deferred_indexes(self.table))
                 drop_foreign_keys(conn, self.table)
@@ -79,8 +84,12 @@ class Loading:
                 extra={"event": "import_first_load", "table": self.table.name},
             )
             return FactsUpkeep(self.rule, "rebuild")
-        with conn.begin():
-            restore(conn, self.rule, self.now)
+        if self.bulk:
+            with conn.begin():
+                restore_indexes(conn)
+            if not state.valid:  # left incomplete (a killed load, a TRUNCATE): rebuilt after
+                self.rebuild_facts = True
+                return FactsUpkeep(self.rule, "rebuild")
         return FactsUpkeep(self.rule, "triggers" if conn.dialect.name == "postgresql" else "batch")
 
     def _first_load(self, table: Table) -> bool:
@@ -91,33 +100,37 @@ class Loading:
 
     def finish(self) -> None:
         """After a first full load: the indexes, then the facts (also after Ctrl-C)."""
-        if not self.first_load:
-            return
         conn = self.conn
-        assert self.table is not None
-        with conn.begin():
-            create_indexes(conn, deferred_indexes(self.table))
-            add_foreign_keys(conn, [self.table])
-        with conn.begin():
-            stored.rebuild(conn, self.rule, self.now)
-        if conn.dialect.name == "postgresql":  # fresh statistics for the new rows
+        if self.first_load:
+            assert self.table is not None
             with conn.begin():
-                conn.exec_driver_sql(
-                    f"ANALYZE {self.table.name}, {CustomerFacts.__tablename__}"
-                )
+                create_indexes(conn, deferred_indexes(self.table))
+                add_foreign_keys(conn, [self.table])
+        if self.rebuild_facts:
+            with conn.begin():
+                stored.rebuild(conn, self.rule, self.now)
+        if self.first_load and conn.dialect.name == "postgresql":  # statistics for new rows
+            assert self.table is not None
+            with conn.begin():
+                conn.exec_driver_sql(f"ANALYZE {self.table.name}, {CustomerFacts.__tablename__}")
 
 
 def _key(table: Table) -> str:
     return next(iter(table.primary_key.columns)).name
 
 
-def restore(conn: Connection, rule: stored.EngagementRule, now: datetime) -> bool:
-    """``engage db upgrade`` and every import that is not a first load:
-    recreate what a killed first load dropped (indexes, foreign keys) and
-    bring the facts up to date; True when anything had to be done."""
+def restore_indexes(conn: Connection) -> bool:
+    """Recreate what a killed first load dropped (indexes, foreign keys)."""
     tables = list(FIRST_LOAD_TABLES.values())
     missing = missing_indexes(conn, tables)
     if missing:
         create_indexes(conn, missing)
     added = add_foreign_keys(conn, tables)
-    return stored.ensure(conn, rule, now) or bool(missing) or bool(added)
+    return bool(missing) or bool(added)
+
+
+def restore(conn: Connection, rule: stored.EngagementRule, now: datetime) -> bool:
+    """``engage db upgrade``: what a killed first load left, and the facts
+    (triggers included) brought to ``rule``; True when anything had to be done."""
+    repaired = restore_indexes(conn)
+    return stored.ensure(conn, rule, now) or repaired

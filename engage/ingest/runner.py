@@ -253,15 +253,14 @@ class _Importer:
         )
         self.progress = progress
         self.result = ImportResult(kind, source)
-        self.upkeep = FactsUpkeep(rule_of(config), "triggers")
+        self.upkeep = FactsUpkeep(rule_of(config), "triggers")  # replaced in run()
 
     def run(self, rows: Iterable[SourceRow]) -> ImportResult:
         started = time.perf_counter()
         res = self.result
         try:
             with self.engine.connect() as self.conn, _bulk_cache(self.conn, self.bulk):
-                loading = Loading(self.conn, self.kind, rule_of(self.config), self.now,
-                                  bulk=self.bulk)  # fmt: skip
+                loading = Loading(self.conn, self.kind, self.now, bulk=self.bulk)
                 try:
                     self.upkeep = loading.start()
                     self._loop(rows)
