@@ -327,9 +327,10 @@ def invalidate(conn: Connection, rule: EngagementRule, now: datetime) -> None:
     _set_state(conn, rule.to_json(), valid=False, now=now)
 
 
-def installed_rule(conn: Connection) -> EngagementRule:
-    """The rule the facts and triggers follow now (the default when none is)."""
-    engagement = state(conn).engagement
+def installed_rule(conn: Connection, current: State | None = None) -> EngagementRule:
+    """The rule the facts and triggers follow now (the default when none is);
+    ``current``: the state already read."""
+    engagement = (current or state(conn)).engagement
     if engagement is None:
         return DEFAULT_RULE
     data = json.loads(engagement)

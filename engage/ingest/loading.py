@@ -72,7 +72,7 @@ class Loading:
         conn = self.conn
         with conn.begin():
             state = stored.state(conn)
-            self.rule = stored.installed_rule(conn)
+            self.rule = stored.installed_rule(conn, state)
         if self.bulk and self.table is not None and self._first_load(self.table):
             self.first_load = self.rebuild_facts = True
             with conn.begin():
