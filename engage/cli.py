@@ -170,7 +170,7 @@ def import_cmd(
     try:
         result = import_file(
             c.engine, c.config, kind, file, fmt=fmt, rejects=rejects, now=utcnow(),
-            progress=progress,
+            progress=progress, phone_helper=True,
         )  # fmt: skip
     except ImportInterrupted as stopped:
         if bar is not None:

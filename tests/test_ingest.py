@@ -532,3 +532,71 @@ def test_cli_import_end_to_end(engine: Engine, db_url: str, tmp_path: Path):
         assert failed.returncode == 1, failed
         assert failed.stderr.startswith(message)
         assert "Traceback" not in failed.stderr
+
+
+@pytest.mark.parametrize("helper", [False, True], ids=["in-process", "helper-process"])
+def test_phones_read_the_same_in_the_helper_process(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, helper: bool
+):
+    """Big customer files have their phones validated by a helper process
+    (engage.ingest.phones); its answers are the in-process ones."""
+    from engage.ingest import phones
+
+    monkeypatch.setattr(phones, "HELPER_MIN_PHONES", 1 if helper else 10**9)
+    started: list[object] = []
+    real = phones.PhoneHelper
+    monkeypatch.setattr(phones, "PhoneHelper", lambda: started.append(1) or real())
+    path = write(
+        tmp_path / "c.csv",
+        "id,phone,country\n"
+        "a,(415) 555-2671,\n"
+        "b,555-12,US\n"
+        "c,06 12 34 56 78,FR\n"
+        "d,,FR\n"
+        "e,+44 20 7946 0123,\n"
+        "f,not a number,\n",
+    )
+    result = run(engine, "customers", path, batch_size=2, phone_helper=True)
+    assert bool(started) is helper
+    assert [str(w) for w in result.warnings] == [
+        f"{path}:3: warning: phone: not a valid phone number '555-12' (region US from the"
+        " country column); the customer is imported without it",
+        f"{path}:7: warning: phone: not a phone number 'not a number': (1) The string supplied"
+        " did not seem to be a phone number.; the customer is imported without it",
+    ]
+    assert {c["id"]: c["phone"] for c in rows(engine, Customer)} == {
+        "a": "+14155552671",
+        "b": None,
+        "c": "+33612345678",
+        "d": None,
+        "e": "+442079460123",
+        "f": None,
+    }
+
+
+def test_keys_repeated_across_batches_of_a_first_load(engine: Engine, tmp_path: Path):
+    """A first load writes new rows without reading first (PostgreSQL) or
+    with the indexes deferred (both): a key that comes back in a later batch
+    still merges and counts as updated or unchanged."""
+    customers = write(
+        tmp_path / "c.csv",
+        "id,tier,city\nk1,gold,Lyon\nk2,,\nk3,,\nk1,,Paris\nk2,,\n",  # k1 changed, k2 repeated
+    )
+    result = run(engine, "customers", customers, batch_size=2)
+    assert (result.inserted, result.updated, result.unchanged) == (3, 1, 1)
+    assert customer(engine, "k1")["tier"] == "gold"  # not given later: kept
+    assert customer(engine, "k1")["attributes"] == {"city": "Paris"}
+    interactions = write(
+        tmp_path / "i.csv",
+        "customer_id,kind,occurred_at,amount,external_id,channel\n"
+        "k1,order,2026-02-01,10,e1,web\n"
+        "k2,visit,2026-02-02,,e2,\n"
+        "k3,visit,2026-02-03,,e3,\n"
+        "k1,order,2026-02-01,,e1,\n"  # the same event again, nothing new: unchanged
+        "k1,order,2026-02-01,,e1,app\n",  # more attributes: updated
+    )
+    result = run(engine, "interactions", interactions, batch_size=2)
+    assert (result.inserted, result.updated, result.unchanged, result.rejected) == (3, 1, 1, 0)
+    got = {r["external_id"]: r for r in rows(engine, Interaction)}
+    assert got["e1"]["amount"] == Decimal("10.00")
+    assert got["e1"]["attributes"] == {"channel": "app"}

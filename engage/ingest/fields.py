@@ -441,6 +441,7 @@ class RowParser:
         default_region: str,
         now: datetime,
         columns: list[str] | None = None,
+        phone_helper: bool = False,
     ) -> None:
         self.kind = kind
         self.known = COLUMNS[kind]
@@ -461,12 +462,70 @@ class RowParser:
         self.email_opt_in = _memo(lambda v: parse_bool(v, "email_opt_in"))
         self.sms_opt_in = _memo(lambda v: parse_bool(v, "sms_opt_in"))
         self.region = _memo(self._region)
+        # Phones validated ahead on another core (``prefetch``): row id -> answer.
+        self.phone_helper = phone_helper and kind == "customers"
+        self._helper: Any = None
+        self._prefetched: dict[int, int] = {}
+        self._answers: Any = None  # the batch's Future, then its list of answers
         parsers: dict[str, Callable[[dict[str, Any]], Record]] = {
             "customers": self.parse_customer,
             "interactions": self.parse_interaction,
             "points": self.parse_points,
         }
         self.parse = parsers[kind]
+
+    # -- phones on the other core (customers of big files) ---------------------------
+
+    def prefetch(self, rows: list[dict[str, Any]]) -> None:
+        """Start validating these rows' phone numbers in the helper process
+        (``engage.ingest.phones``); ``parse`` collects the answers."""
+        self._prefetched, self._answers = {}, None
+        if not self.phone_helper:
+            return
+        requests: list[Any] = []
+        for row in rows:
+            raw = row.get("phone")
+            if raw is None or (type(raw) is str and not raw.strip()):
+                continue
+            region = self._country_region(row)
+            self._prefetched[id(row)] = len(requests)
+            if region is not None:
+                requests.append((raw, region, True))
+            else:
+                requests.append((raw, self.default_region, False))
+        if self._helper is None:
+            from .phones import HELPER_MIN_PHONES, PhoneHelper
+
+            if len(requests) < HELPER_MIN_PHONES:
+                self.phone_helper = False  # a small file: not worth a process
+                self._prefetched = {}
+                return
+            self._helper = PhoneHelper()
+        self._answers = self._helper.submit(requests)
+        if self._answers is None:
+            self._prefetched = {}
+
+    def close(self) -> None:
+        if self._helper is not None:
+            self._helper.close()
+            self._helper = None
+
+    def _phone(self, row: dict[str, Any], raw: Any) -> str | None:
+        """The E.164 number (RowInvalid when it is not one), from the helper's
+        answers when this row's was asked for."""
+        at = self._prefetched.get(id(row))
+        if at is not None:
+            answers = self._answers
+            if not isinstance(answers, list):
+                answers = self._answers = answers.result()
+            phone, why = answers[at]
+            if why is not None:
+                raise RowInvalid("phone", why)
+            return phone  # type: ignore[no-any-return]
+        region = self._country_region(row)
+        if region is not None:
+            return parse_phone(raw, region, from_country=True)
+        return parse_phone(raw, self.default_region)
 
     # -- shared pieces --------------------------------------------------------------
 
@@ -540,12 +599,8 @@ class RowParser:
         if (v := get("email")) is not None and (email := parse_email(v)) is not None:
             fields["email"] = email
         if (v := get("phone")) is not None:
-            region = self._country_region(row)
             try:
-                if region is not None:
-                    phone = parse_phone(v, region, from_country=True)
-                else:
-                    phone = parse_phone(v, self.default_region)
+                phone = self._phone(row, v)
             except RowInvalid as exc:
                 if exc.why == LINE_BREAK:
                     raise

@@ -83,7 +83,7 @@ class Loading:
                 "first full load: indexes built at the end",
                 extra={"event": "import_first_load", "table": self.table.name},
             )
-            return FactsUpkeep(self.rule, "rebuild")
+            return FactsUpkeep(self.rule, "rebuild", first_load=True)
         if self.bulk:
             with conn.begin():
                 restore_indexes(conn)

@@ -235,6 +235,7 @@ class _Importer:
         columns: list[str] | None = None,
         keys_normalized: bool = False,
         bulk: bool = False,
+        phone_helper: bool = False,
     ):
         _check_kind(kind)
         self.engine = engine
@@ -243,7 +244,11 @@ class _Importer:
         self.bulk = bulk
         self.now = now or utcnow()
         self.parser = RowParser(
-            kind, default_region=config.default_phone_region, now=self.now, columns=columns
+            kind,
+            default_region=config.default_phone_region,
+            now=self.now,
+            columns=columns,
+            phone_helper=phone_helper,
         )
         self.keys_normalized = keys_normalized
         self.writer = _WRITERS[kind]
@@ -291,13 +296,25 @@ class _Importer:
         whose writing is this process's own work (and a writer thread there
         would wait out the GIL's switch interval after every statement)."""
         pipelined = self.bulk and self.conn.dialect.name == "postgresql"
+        known, normalize = self.parser.known, not self.keys_normalized
         with ThreadPoolExecutor(1, thread_name_prefix="engage-import") as pool:
+            waiting: _Parsed | None = None  # parsed, not written yet (SQLite)
             in_flight: tuple[_Parsed, Future[list[Outcome]]] | None = None
             try:
                 for batch in _batches(rows, self.batch_size):
+                    if normalize:
+                        for row in batch:
+                            if row.error is None:
+                                row.data = normalize_keys(row.data, known)
+                    # Phones go to the helper first, then the previous batch is
+                    # written while the helper validates them.
+                    self.parser.prefetch([row.data for row in batch if row.error is None])
+                    if waiting is not None:
+                        self._account(waiting, self._write(waiting.records))
+                        waiting = None
                     parsed = self._parse(batch)
                     if not pipelined:
-                        self._account(parsed, self._write(parsed.records))
+                        waiting = parsed
                         continue
                     if in_flight is not None:
                         self._account(in_flight[0], in_flight[1].result())
@@ -306,12 +323,13 @@ class _Importer:
             finally:  # also on Ctrl-C: the batch in flight commits or not, and is counted
                 if in_flight is not None:
                     self._account(in_flight[0], in_flight[1].result())
+                self.parser.close()
+            if waiting is not None:
+                self._account(waiting, self._write(waiting.records))
 
     def _parse(self, batch: list[SourceRow]) -> _Parsed:
         parsed = _Parsed(batch)
         parse = self.parser.parse
-        known = self.parser.known
-        normalize = not self.keys_normalized
         if self.parser.untyped:
             self.parser.learn([row.data for row in batch if row.error is None])
         for row in batch:
@@ -319,8 +337,7 @@ class _Importer:
                 parsed.failures.append((row, row.error))
                 continue
             try:
-                data = normalize_keys(row.data, known) if normalize else row.data
-                parsed.records.append(parse(data))
+                parsed.records.append(parse(row.data))
             except RowInvalid as exc:
                 parsed.failures.append((row, exc))
                 continue
@@ -475,12 +492,19 @@ def import_file(
     now: datetime | None = None,
     progress: Progress | None = None,
     batch_size: int | None = None,
+    phone_helper: bool = False,
 ) -> ImportResult:
     """Stream a CSV or JSONL file (``-`` = stdin, ``.gz`` ok) into the database.
 
     Raises EngageError before writing anything for a missing file, an unknown
     kind or format, or a CSV header without the required columns; raises
     ``ImportInterrupted`` (with the committed counts) on Ctrl-C.
+
+    ``phone_helper``: let a big customer file have its phone numbers
+    validated by a helper process on another core (``engage.ingest.phones``;
+    ``engage import`` does). The helper is started with ``spawn``, which
+    imports the caller's main module again: only from a script whose work
+    is under ``if __name__ == "__main__":``.
     """
     _check_kind(kind)
     fmt = infer_format(path, fmt)
@@ -515,6 +539,7 @@ def import_file(
             columns=source.columns if isinstance(source, CsvSource) else None,
             keys_normalized=fmt == "csv",
             bulk=True,
+            phone_helper=phone_helper,
         )
         with _fewer_collections():
             result = importer.run(source)

@@ -48,8 +48,11 @@ class FactsUpkeep:
     ``rebuild`` (triggers paused, everything recomputed after the load).
     """
 
-    def __init__(self, rule: stored.EngagementRule, mode: str) -> None:
+    def __init__(
+        self, rule: stored.EngagementRule, mode: str, *, first_load: bool = False
+    ) -> None:
         self.rule, self.mode = rule, mode
+        self.first_load = first_load  # the table was empty when the import started
 
     @property
     def paused(self) -> bool:
@@ -130,38 +133,49 @@ def write_customers(
     attributes are merged key by key; new customers default ``created_at`` to ``now``."""
     table: Table = Customer.__table__  # type: ignore[assignment]
     names = (*CUSTOMER_FIELDS, "attributes")
-    existing = {
-        cid: dict(zip(names, values, strict=True))
-        for cid, values in fetch_by(conn, table, "id", (r.id for r in recs), names).items()
-    }
-    state: dict[str, dict[str, Any]] = {}
-    dirty: dict[str, None] = {}
-    outcomes: list[Outcome] = []
-    for rec in recs:
-        cur = state.get(rec.id) or existing.get(rec.id)
-        if cur is None:
-            new = {**_NEW_CUSTOMER, "created_at": now, **rec.fields}
-            new["attributes"] = dict(rec.attributes)
-            outcome = INSERTED
-        else:
-            new = {
-                **cur,
-                **rec.fields,
-                "attributes": {**(cur["attributes"] or {}), **rec.attributes},
-            }
-            outcome = UNCHANGED if new == cur else UPDATED
-        state[rec.id] = new
-        if outcome != UNCHANGED:
-            dirty[rec.id] = None
-        outcomes.append(outcome)
-    rows = [(cid, *(state[cid][f] for f in names), now) for cid in dirty]
+    outcomes: list[Outcome] = [INSERTED] * len(recs)
+
+    def plan(indices: Sequence[int], existing: dict[str, dict[str, Any]]) -> list[tuple[Any, ...]]:
+        """Merge the records in order (sets their outcomes); the rows to write."""
+        state: dict[str, dict[str, Any]] = {}
+        dirty: dict[str, None] = {}
+        for i in indices:
+            rec = recs[i]
+            cur = state.get(rec.id) or existing.get(rec.id)
+            if cur is None:
+                new = {**_NEW_CUSTOMER, "created_at": now, **rec.fields}
+                new["attributes"] = dict(rec.attributes)
+                outcome = INSERTED
+            else:
+                new = {
+                    **cur,
+                    **rec.fields,
+                    "attributes": {**(cur["attributes"] or {}), **rec.attributes},
+                }
+                outcome = UNCHANGED if new == cur else UPDATED
+            state[rec.id] = new
+            if outcome != UNCHANGED:
+                dirty[rec.id] = None
+            outcomes[i] = outcome
+        moved.extend(
+            cid
+            for cid in dirty
+            if cid in existing and existing[cid]["created_at"] != state[cid]["created_at"]
+        )
+        return [(cid, *(state[cid][f] for f in names), now) for cid in dirty]
+
+    def fetch(keys: Iterable[str]) -> dict[str, dict[str, Any]]:
+        return {
+            cid: dict(zip(names, values, strict=True))
+            for cid, values in fetch_by(conn, table, "id", keys, names).items()
+        }
+
+    moved: list[str] = []
     mark = upkeep.mark(conn, table)
-    load_rows(conn, table, _CUSTOMER_COLUMNS, rows, key=["id"], update=_CUSTOMER_COLUMNS[1:])
-    moved = [
-        cid
-        for cid in dirty
-        if cid in existing and existing[cid]["created_at"] != state[cid]["created_at"]
-    ]
+    _write(
+        conn, table, upkeep, [r.id for r in recs], range(len(recs)), plan, fetch,
+        _CUSTOMER_COLUMNS,
+    )  # fmt: skip
     upkeep.customers_written(conn, mark, moved)
     return outcomes
 
@@ -173,42 +187,81 @@ def write_interactions(
     customer is a row error. ``amount`` and ``score`` not given keep the stored ones."""
     table: Table = Interaction.__table__  # type: ignore[assignment]
     known = known_customers(conn, (r.customer_id for r in recs))
-    existing = fetch_by(
-        conn, table, "external_id", (r.external_id for r in recs), _INTERACTION_FIELDS
-    )
-    state: dict[str, tuple[Any, ...]] = {}
-    dirty: dict[str, None] = {}
-    outcomes: list[Outcome] = []
-    for rec in recs:
-        if rec.customer_id not in known:
-            outcomes.append(unknown_customer(rec.customer_id))
-            continue
-        ext = rec.external_id
-        cur = state.get(ext) or existing.get(ext)
-        if cur is None:
-            new = (rec.customer_id, rec.kind, rec.occurred_at, rec.amount, rec.score,
-                   rec.attributes)  # fmt: skip
-            outcome = INSERTED
-        else:
-            new = (
-                rec.customer_id,
-                rec.kind,
-                rec.occurred_at,
-                cur[3] if rec.amount is None else rec.amount,
-                cur[4] if rec.score is None else rec.score,
-                {**(cur[5] or {}), **rec.attributes},
-            )
-            outcome = UNCHANGED if new == cur else UPDATED
-        state[ext] = new
-        if outcome != UNCHANGED:
-            dirty[ext] = None
-        outcomes.append(outcome)
-    rows = [(ext, *state[ext], now) for ext in dirty]
+    outcomes: list[Outcome] = [
+        INSERTED if r.customer_id in known else unknown_customer(r.customer_id) for r in recs
+    ]
+    valid = [i for i, r in enumerate(recs) if r.customer_id in known]
+
+    def plan(indices: Sequence[int], existing: dict[str, tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        """Merge the records in order (sets their outcomes); the rows to write."""
+        state: dict[str, tuple[Any, ...]] = {}
+        dirty: dict[str, None] = {}
+        for i in indices:
+            rec = recs[i]
+            ext = rec.external_id
+            cur = state.get(ext) or existing.get(ext)
+            if cur is None:
+                new = (rec.customer_id, rec.kind, rec.occurred_at, rec.amount, rec.score,
+                       rec.attributes)  # fmt: skip
+                outcome = INSERTED
+            else:
+                new = (
+                    rec.customer_id,
+                    rec.kind,
+                    rec.occurred_at,
+                    cur[3] if rec.amount is None else rec.amount,
+                    cur[4] if rec.score is None else rec.score,
+                    {**(cur[5] or {}), **rec.attributes},
+                )
+                outcome = UNCHANGED if new == cur else UPDATED
+            state[ext] = new
+            if outcome != UNCHANGED:
+                dirty[ext] = None
+            outcomes[i] = outcome
+        changed.extend(
+            c for ext in dirty if ext in existing for c in (existing[ext][0], state[ext][0])
+        )
+        return [(ext, *state[ext], now) for ext in dirty]
+
+    def fetch(keys: Iterable[str]) -> dict[str, tuple[Any, ...]]:
+        return fetch_by(conn, table, "external_id", keys, _INTERACTION_FIELDS)
+
+    changed: list[str] = []
     mark = upkeep.mark(conn, table)
-    load_rows(
-        conn, table, _INTERACTION_COLUMNS, rows, key=["external_id"], update=_INTERACTION_FIELDS
-    )
-    if upkeep.mode == "batch":
-        changed = [c for ext in dirty if ext in existing for c in (existing[ext][0], state[ext][0])]
-        upkeep.interactions_written(conn, mark, changed)
+    _write(
+        conn, table, upkeep, [r.external_id for r in recs], valid, plan, fetch,
+        _INTERACTION_COLUMNS,
+    )  # fmt: skip
+    upkeep.interactions_written(conn, mark, changed)
     return outcomes
+
+
+def _write(
+    conn: Connection,
+    table: Table,
+    upkeep: FactsUpkeep,
+    keys: Sequence[str],
+    indices: Sequence[int],
+    plan: Any,
+    fetch: Any,
+    columns: Sequence[str],
+) -> None:
+    """Read the rows the records may change, merge, write what changed.
+
+    On a first load into PostgreSQL (nothing was there when the import
+    started) the batch is inserted first, conflicts ignored: only the keys
+    that turn out to exist (repeated further down the file) are read and
+    merged, which spares a lookup of every key of every batch.
+    """
+    key, update = columns[0], columns[1:]
+    if not (upkeep.first_load and conn.dialect.name == "postgresql"):
+        rows = plan(indices, fetch(keys[i] for i in indices))
+        load_rows(conn, table, columns, rows, key=[key], update=update)
+        return
+    rows = plan(indices, {})
+    inserted = load_rows(conn, table, columns, rows, key=[key], returning=True) or set()
+    present = {row[0] for row in rows} - inserted
+    if present:
+        again = [i for i in indices if keys[i] in present]
+        rows = plan(again, fetch(present))
+        load_rows(conn, table, columns, rows, key=[key], update=update)
