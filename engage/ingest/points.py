@@ -10,7 +10,7 @@ left; one larger than that balance is a row error and changes nothing.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from itertools import groupby
@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Table, bindparam, insert, select, update
 
-from ..db.bulk import in_values, load_rows
+from ..db.bulk import in_values
 from ..db.models import PointsAllocation, PointsLot, PointsRedemption
 from .fields import EarnRec, RedeemRec, RowInvalid
 from .store import (
@@ -31,6 +31,7 @@ from .store import (
     fetch_by,
     known_customers,
     unknown_customer,
+    write_planned,
 )
 
 _LOT: Table = PointsLot.__table__  # type: ignore[assignment]
@@ -66,7 +67,7 @@ def write_points(
         idx = list(group)
         run = [recs[i] for i in idx]
         if is_earn:
-            outs = _write_earns(conn, run)  # type: ignore[arg-type]
+            outs = _write_earns(conn, run, upkeep)  # type: ignore[arg-type]
         else:
             outs = _write_redemptions(conn, run)  # type: ignore[arg-type]
         for i, out in zip(idx, outs, strict=True):
@@ -77,56 +78,60 @@ def write_points(
     return [o if o is not None else RowInvalid("points", "not processed") for o in outcomes]
 
 
-def _write_earns(conn: Connection, recs: Sequence[EarnRec]) -> list[Outcome]:
+def _write_earns(
+    conn: Connection, recs: Sequence[EarnRec], upkeep: FactsUpkeep
+) -> list[Outcome]:
     """Upsert lots on ``external_id``. Changing a lot's points moves ``remaining``
     by the same amount, which must not drop below zero (points already redeemed)."""
-    table = _LOT
-    existing = {
-        ext: {"external_id": ext, **dict(zip(_LOT_FIELDS, values, strict=True))}
-        for ext, values in fetch_by(
-            conn, table, "external_id", (r.external_id for r in recs), _LOT_FIELDS
-        ).items()
-    }
-    state: dict[str, dict[str, Any]] = {}
-    dirty: dict[str, None] = {}
-    outcomes: list[Outcome] = []
-    for rec in recs:
-        cur = state.get(rec.external_id) or existing.get(rec.external_id)
-        new = {
-            "external_id": rec.external_id,
-            "customer_id": rec.customer_id,
-            "points": rec.points,
-            "remaining": rec.points,
-            "earned_at": rec.earned_at,
-            "expires_at": rec.expires_at,
-        }
-        if cur is None:
-            outcome: Outcome = INSERTED
-        elif cur["customer_id"] != rec.customer_id:
-            outcomes.append(
-                RowInvalid(
+    outcomes: list[Outcome] = [INSERTED] * len(recs)
+
+    def plan(indices: Sequence[int], existing: dict[str, dict[str, Any]]) -> list[tuple[Any, ...]]:
+        state: dict[str, dict[str, Any]] = {}
+        dirty: dict[str, None] = {}
+        for i in indices:
+            rec = recs[i]
+            cur = state.get(rec.external_id) or existing.get(rec.external_id)
+            new = {
+                "external_id": rec.external_id,
+                "customer_id": rec.customer_id,
+                "points": rec.points,
+                "remaining": rec.points,
+                "earned_at": rec.earned_at,
+                "expires_at": rec.expires_at,
+            }
+            if cur is None:
+                outcome: Outcome = INSERTED
+            elif cur["customer_id"] != rec.customer_id:
+                outcomes[i] = RowInvalid(
                     "external_id",
                     f"lot {rec.external_id!r} belongs to customer {cur['customer_id']!r}",
                 )
-            )
-            continue
-        else:
-            used = cur["points"] - cur["remaining"]
-            if rec.points < used:
-                outcomes.append(
-                    RowInvalid(
+                continue
+            else:
+                used = cur["points"] - cur["remaining"]
+                if rec.points < used:
+                    outcomes[i] = RowInvalid(
                         "points", f"lot {rec.external_id!r} already had {used} points redeemed"
                     )
-                )
-                continue
-            new["remaining"] = rec.points - used
-            outcome = UNCHANGED if new == cur else UPDATED
-        state[rec.external_id] = new
-        if outcome != UNCHANGED:
-            dirty[rec.external_id] = None
-        outcomes.append(outcome)
-    rows = [tuple(state[ext][c] for c in _LOT_COLUMNS) for ext in dirty]
-    load_rows(conn, table, _LOT_COLUMNS, rows, key=["external_id"], update=_LOT_COLUMNS[2:])
+                    continue
+                new["remaining"] = rec.points - used
+                outcome = UNCHANGED if new == cur else UPDATED
+            state[rec.external_id] = new
+            if outcome != UNCHANGED:
+                dirty[rec.external_id] = None
+            outcomes[i] = outcome
+        return [tuple(state[ext][c] for c in _LOT_COLUMNS) for ext in dirty]
+
+    def fetch(keys: Iterable[str]) -> dict[str, dict[str, Any]]:
+        return {
+            ext: {"external_id": ext, **dict(zip(_LOT_FIELDS, values, strict=True))}
+            for ext, values in fetch_by(conn, _LOT, "external_id", keys, _LOT_FIELDS).items()
+        }
+
+    write_planned(
+        conn, _LOT, upkeep, [r.external_id for r in recs], range(len(recs)), plan, fetch,
+        _LOT_COLUMNS, update=_LOT_COLUMNS[2:],
+    )  # fmt: skip
     return outcomes
 
 

@@ -172,7 +172,7 @@ def write_customers(
 
     moved: list[str] = []
     mark = upkeep.mark(conn, table)
-    _write(
+    write_planned(
         conn, table, upkeep, [r.id for r in recs], range(len(recs)), plan, fetch,
         _CUSTOMER_COLUMNS,
     )  # fmt: skip
@@ -228,7 +228,7 @@ def write_interactions(
 
     changed: list[str] = []
     mark = upkeep.mark(conn, table)
-    _write(
+    write_planned(
         conn, table, upkeep, [r.external_id for r in recs], valid, plan, fetch,
         _INTERACTION_COLUMNS,
     )  # fmt: skip
@@ -236,7 +236,7 @@ def write_interactions(
     return outcomes
 
 
-def _write(
+def write_planned(
     conn: Connection,
     table: Table,
     upkeep: FactsUpkeep,
@@ -245,6 +245,8 @@ def _write(
     plan: Any,
     fetch: Any,
     columns: Sequence[str],
+    *,
+    update: Sequence[str] | None = None,
 ) -> None:
     """Read the rows the records may change, merge, write what changed.
 
@@ -253,7 +255,8 @@ def _write(
     that turn out to exist (repeated further down the file) are read and
     merged, which spares a lookup of every key of every batch.
     """
-    key, update = columns[0], columns[1:]
+    key = columns[0]
+    update = columns[1:] if update is None else update
     if not (upkeep.first_load and conn.dialect.name == "postgresql"):
         rows = plan(indices, fetch(keys[i] for i in indices))
         load_rows(conn, table, columns, rows, key=[key], update=update)
