@@ -16,9 +16,9 @@ from datetime import datetime
 from itertools import groupby
 from typing import Any
 
-from sqlalchemy import Connection, Table, bindparam, insert, select, update
+from sqlalchemy import Connection, Table, bindparam, insert, select, text, update
 
-from ..db.bulk import in_values
+from ..db.bulk import in_values, load_rows
 from ..db.models import PointsAllocation, PointsLot, PointsRedemption
 from .fields import EarnRec, RedeemRec, RowInvalid
 from .store import (
@@ -232,23 +232,37 @@ def _write_redemptions(conn: Connection, recs: Sequence[RedeemRec]) -> list[Outc
                 insert(table).returning(table.c.id, table.c.external_id), fresh
             )
         )
-        conn.execute(
-            insert(_ALLOCATION),
-            [
-                {"redemption_id": ids[ext], "lot_id": lot_id, "points": pts}
-                for ext, taken in allocations.items()
-                for lot_id, pts in taken
-            ],
+        load_rows(
+            conn,
+            _ALLOCATION,
+            ("redemption_id", "lot_id", "points"),
+            [(ids[e], lot_id, pts) for e, taken in allocations.items() for lot_id, pts in taken],
         )
-        conn.execute(
-            update(_LOT)
-            .where(_LOT.c.id == bindparam("lot_id"))
-            .values(remaining=bindparam("left")),
-            [
-                {"lot_id": lot.id, "left": lot.remaining}
-                for customer_lots in lots.values()
-                for lot in customer_lots
-                if lot.taken
-            ],
-        )
+        _set_remaining(
+            conn,
+            [(lot.id, lot.remaining) for customer_lots in lots.values()
+             for lot in customer_lots if lot.taken],
+        )  # fmt: skip
     return outcomes
+
+
+def _set_remaining(conn: Connection, pairs: list[tuple[int, int]]) -> None:
+    """The lots' new ``remaining``: one statement on PostgreSQL (an UPDATE per
+    lot would also run the facts trigger once per lot), an executemany on
+    SQLite (its triggers are row-level anyway)."""
+    if not pairs:
+        return
+    if conn.dialect.name == "postgresql":
+        conn.execute(
+            text(
+                "UPDATE points_lot SET remaining = v.remaining"
+                " FROM unnest(CAST(:ids AS bigint[]), CAST(:left AS integer[]))"
+                " AS v(id, remaining) WHERE points_lot.id = v.id"
+            ),
+            {"ids": [i for i, _ in pairs], "left": [n for _, n in pairs]},
+        )
+        return
+    conn.execute(
+        update(_LOT).where(_LOT.c.id == bindparam("lot_id")).values(remaining=bindparam("left")),
+        [{"lot_id": i, "left": n} for i, n in pairs],
+    )
