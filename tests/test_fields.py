@@ -12,7 +12,7 @@ import json
 import string
 
 from email_validator import EmailNotValidError, validate_email
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from engage.ingest.fields import RowInvalid, column_kind, parse_email, scalar_kind, typed
@@ -41,6 +41,10 @@ def _slow(raw: str) -> str | None:
 
 @settings(max_examples=3000, deadline=None)
 @given(local=_LOCAL, domain=_DOMAIN)
+@example(local="a" * 64, domain="example.com")  # the local part's limit
+@example(local="a" * 65, domain="example.com")
+@example(local="a" * 64, domain=".".join(["b" * 60] * 3) + ".com")  # 254 characters in all
+@example(local="a" * 64, domain=".".join(["b" * 60] * 3) + ".coms")
 def test_plain_addresses_read_as_email_validator_reads_them(local: str, domain: str) -> None:
     raw = f"{local}@{domain}"
     stripped = raw.strip()  # cells are stripped first
