@@ -32,7 +32,8 @@ CUSTOMER_HEADER = (
     "email_opt_in", "sms_opt_in", "created_at", "country", "source",
 )  # fmt: skip
 INTERACTION_HEADER = (
-    "customer_id", "kind", "occurred_at", "amount", "external_id", "items", "campaign", "topic",
+    "customer_id", "kind", "occurred_at", "amount", "score", "external_id", "items", "campaign",
+    "topic",
 )  # fmt: skip
 POINTS_HEADER = ("customer_id", "points", "earned_at", "expires_at", "external_id")
 
@@ -116,10 +117,12 @@ def write_csv_files(
                 i = dict(zip(names["interaction"], row, strict=True))
                 attrs = i["attributes"] or {}
                 amount: Decimal | None = i["amount"]
+                score = i.get("score")  # survey answers, when the generator makes them
                 iw.writerow((
                     ident(i["customer_id"]), i["kind"], _instant(i["occurred_at"]),
-                    "" if amount is None else str(amount), ident(i["external_id"]),
-                    attrs.get("items", ""), attrs.get("campaign", ""), attrs.get("topic", ""),
+                    "" if amount is None else str(amount), "" if score is None else score,
+                    ident(i["external_id"]), attrs.get("items", ""), attrs.get("campaign", ""),
+                    attrs.get("topic", ""),
                 ))  # fmt: skip
             for row in lots:
                 lot = dict(zip(names["points_lot"], row, strict=True))

@@ -308,19 +308,22 @@ def _write_interactions(conn: Connection, batch: list[list[str]], upkeep: FactsU
     sqlite = conn.dialect.name == "sqlite"
     stamp = _instant(now.strftime("%Y-%m-%dT%H:%M:%SZ"), sqlite)
     rows = []
-    for c in batch:
+    for c in batch:  # CSV: customer_id,kind,occurred_at,amount,score,external_id,items,...
         attrs: dict[str, Any] = {}
-        if c[5]:
-            attrs["items"] = int(c[5])
         if c[6]:
-            attrs["campaign"] = c[6]
+            attrs["items"] = int(c[6])
         if c[7]:
-            attrs["topic"] = c[7]
+            attrs["campaign"] = c[7]
+        if c[8]:
+            attrs["topic"] = c[8]
         amount = (float(c[3]) if sqlite else c[3]) if c[3] else None
-        rows.append((c[0], c[1], _instant(c[2], sqlite), amount, json.dumps(attrs), c[4], stamp))
+        score = int(c[4]) if c[4] else None
+        rows.append(
+            (c[0], c[1], _instant(c[2], sqlite), amount, score, json.dumps(attrs), c[5], stamp)
+        )
     table: Table = Interaction.__table__  # type: ignore[assignment]
-    columns = ("customer_id", "kind", "occurred_at", "amount", "attributes", "external_id",
-               "created_at")  # fmt: skip
+    columns = ("customer_id", "kind", "occurred_at", "amount", "score", "attributes",
+               "external_id", "created_at")  # fmt: skip
     mark = upkeep.mark(conn, table)
     load_rows(conn, table, columns, rows, converted=True)
     upkeep.interactions_written(conn, mark, [])
