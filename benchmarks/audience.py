@@ -30,7 +30,7 @@ from sqlalchemy import bindparam, column, func, select, text
 
 from engage.campaigns.audience import audience_ids, count_audience
 from engage.campaigns.schema import Audience
-from engage.customers.facts import facts_usable
+from engage.customers.facts import FACTS, facts_reading
 from engage.db.models import UTCDateTime
 
 from .common import Context, Result, best_of, load_avg
@@ -182,13 +182,13 @@ def _scalar(ctx: Context, query: Any) -> int:
 def _engage_ids(ctx: Context, audience: Any) -> list[str]:
     """What a caller of ``audience_ids`` does: check the facts, then stream."""
     with ctx.engine.connect() as conn:
-        use = facts_usable(conn, ctx.config, ctx.now)
-    return _stream_ids(ctx, audience_ids(audience, ctx.config, ctx.now, facts=use))
+        reading = facts_reading(conn, ctx.config, ctx.now)
+    return _stream_ids(ctx, audience_ids(audience, ctx.config, ctx.now, facts=reading))
 
 
 def run(ctx: Context, runs: int = 3) -> list[Result]:
     with ctx.engine.connect() as conn:
-        facts = facts_usable(conn, ctx.config, ctx.now)
+        facts = facts_reading(conn, ctx.config, ctx.now) == FACTS
     results = []
     for name, spec in AUDIENCES.items():
         audience = Audience.model_validate(spec)

@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import select
 
 from engage.campaigns.audience import audience_ids
-from engage.customers.facts import facts_usable
+from engage.customers.facts import facts_reading
 from engage.db import make_engine
 from engage.db.bulk import insert_ignore
 from engage.db.models import Customer, Message, Suppression
@@ -161,9 +161,9 @@ def run_planning(ctx: Context) -> list[Result]:
     ]
 
 
-def _facts(ctx: Context) -> bool:
+def _facts(ctx: Context) -> str:
     with ctx.engine.connect() as conn:
-        return facts_usable(conn, ctx.config, ctx.now)
+        return facts_reading(conn, ctx.config, ctx.now)
 
 
 def _count_ids(ctx: Context, camp: Any) -> int:

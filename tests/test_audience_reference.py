@@ -28,7 +28,7 @@ from sqlalchemy import Engine, insert
 from engage.campaigns.audience import audience_ids, count_audience, stream_audience
 from engage.campaigns.schema import Audience
 from engage.config import Config
-from engage.customers.facts import ensure_facts, facts_usable
+from engage.customers.facts import FACTS, LOG, SPLIT, ensure_facts, facts_reading, facts_usable
 from engage.customers.recipients import load_recipients
 from engage.db.models import Customer, Interaction, PointsLot
 
@@ -222,11 +222,11 @@ def shop(engine: Engine) -> list[Shopper]:
 
 
 def check_audiences(
-    engine: Engine, shop: list[Shopper], config: Config, as_of: datetime, paths: tuple[bool, ...]
+    engine: Engine, shop: list[Shopper], config: Config, as_of: datetime, paths: tuple[Any, ...]
 ) -> int:
     """Every audience by each reading in ``paths`` (False: the log, True: the
-    facts) and by the automatic choice, against the reference; the number of
-    audiences with members."""
+    facts, SPLIT: both, by customer) and by the automatic choice, against the
+    reference; the number of audiences with members."""
     nonempty = 0
     for spec in AUDIENCES:
         a = Audience.model_validate(spec)
@@ -263,7 +263,9 @@ def test_audiences_match_the_definitions(
 
 @pytest.mark.parametrize("seed", [20261201, 7, 99])
 @pytest.mark.parametrize("config_name", sorted(CONFIGS))
-def test_facts_and_log_agree_on_random_shops(engine: Engine, seed: int, config_name: str) -> None:
+def test_facts_and_log_agree_on_random_shops(
+    engine: Engine, seed: int, config_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """After everything recorded, the facts answer: the same sets as the log
     and the reference, for each engagement rule once the facts follow it."""
     world = make_shop(random.Random(seed)) + boundary_shoppers(LATER)
@@ -271,12 +273,19 @@ def test_facts_and_log_agree_on_random_shops(engine: Engine, seed: int, config_n
     config = CONFIGS[config_name]
     ensure_facts(engine, config, AS_OF)
     with engine.connect() as conn:
-        assert facts_usable(conn, config, LATER)
-        assert not facts_usable(conn, config, AS_OF)
+        assert facts_reading(conn, config, LATER) == FACTS
+        # a few customers have interactions after AS_OF: the facts answer for
+        # the others, the log for them
+        assert facts_reading(conn, config, AS_OF) == SPLIT
         other = next(c for name, c in CONFIGS.items() if name != config_name)
         assert not facts_usable(conn, other, LATER)  # facts follow one rule at a time
     nonempty = check_audiences(engine, world, config, LATER, (False, True))
     assert nonempty >= len(AUDIENCES) - 3
+    nonempty = check_audiences(engine, world, config, AS_OF, (False, SPLIT))
+    assert nonempty >= len(AUDIENCES) - 3
+    monkeypatch.setattr("engage.customers.facts.SPLIT_MAX", 1)  # too many late customers
+    with engine.connect() as conn:
+        assert facts_reading(conn, config, AS_OF) == LOG
 
 
 def test_recipient_facts_match_the_definitions(engine: Engine, shop: list[Shopper]) -> None:

@@ -9,7 +9,7 @@ returns exactly the matching customers, streamed.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from decimal import ROUND_CEILING, Decimal
 from typing import Any
@@ -27,6 +27,7 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    union_all,
 )
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql import Select
@@ -36,12 +37,17 @@ from sqlalchemy.sql.visitors import InternalTraversal
 from ..config import Config
 from ..customers.facts import (
     DEFAULT_EXPIRING_WINDOW,
+    FACTS,
+    LOG,
+    SPLIT,
     at_instant,
     engagement_filter,
-    facts_usable,
+    facts_reading,
     lifetime_cents_of,
     order_count_of,
     orders_where,
+    read_from_facts,
+    read_from_log,
 )
 from ..customers.recipients import (
     Recipient,
@@ -196,7 +202,7 @@ def conditions(
     engagement <= t); ``last >= t``  ==  an engagement in [t, as_of] or (none
     at all and created_at >= t).
 
-    From ``customer_facts`` (``facts=True``, only where ``facts_usable`` says
+    From ``customer_facts`` (``facts=True``, only where ``facts_reading`` says
     they answer ``as_of``): the conditions the facts cover become comparisons
     of a facts column, the others (points expiring soon, tiers, attributes)
     stay as they are; clauses are over ``customer_facts`` and, for those,
@@ -358,35 +364,85 @@ def _reads_customer(*elements: Any) -> bool:
     )
 
 
-def audience_ids(
-    audience: Any, config: Config, as_of: datetime, *, facts: bool = False
-) -> Select[Any]:
-    """``SELECT id`` of everyone matching (``facts``: see ``conditions``)."""
-    clauses = conditions(audience, config, as_of, facts=facts)
-    if facts and not _reads_customer(*clauses):
-        f = CustomerFacts.__table__
-        return audience_select([f.c.customer_id.label("id")], clauses, facts=True)
-    return audience_select([Customer.__table__.c.id], clauses, facts=facts)
+Facts = bool | str | None  # True / FACTS, False / LOG, SPLIT; None: decide (facts_reading)
 
 
-def audience_recipients_query(
-    audience: Any, config: Config, as_of: datetime, *, facts: bool = False
-) -> Select[Any]:
-    """The matching customers with every Recipient fact, ordered by id."""
-    q = recipients_query(config, as_of, expiring_within=expiring_window(audience), facts=facts)
-    return q.where(and_(*conditions(audience, config, as_of, facts=facts))).order_by(
-        Customer.__table__.c.id
+def _reading(facts: Facts) -> str:
+    if facts is True:
+        return FACTS
+    if facts is False or facts is None:
+        return LOG
+    if facts not in (FACTS, LOG, SPLIT):
+        raise ValueError(f"unknown facts reading {facts!r}")
+    return facts
+
+
+def _read(build: Callable[[bool], Select[Any]], facts: Facts, as_of: datetime) -> Any:
+    """The query ``build`` makes for a reading: from the facts, from the log,
+    or (split) from the facts for the customers they answer ``as_of`` for
+    and from the log for the others, as one ``UNION ALL`` of disjoint parts."""
+    reading = _reading(facts)
+    if reading != SPLIT:
+        return build(reading == FACTS)
+    return union_all(
+        build(True).where(read_from_facts(as_of)), build(False).where(read_from_log(as_of))
     )
 
 
+def _by_id(query: Any) -> Any:
+    """In customer id order (the id is the first column)."""
+    if isinstance(query, Select):
+        return query.order_by(Customer.__table__.c.id)
+    return query.order_by(text("1"))
+
+
+def audience_ids(audience: Any, config: Config, as_of: datetime, *, facts: Facts = False) -> Any:
+    """``SELECT id`` of everyone matching (``facts``: ``customers.facts.facts_reading``;
+    True and False force the facts or the log)."""
+
+    def build(from_facts: bool) -> Select[Any]:
+        clauses = conditions(audience, config, as_of, facts=from_facts)
+        if from_facts and not _reads_customer(*clauses):
+            f = CustomerFacts.__table__
+            return audience_select([f.c.customer_id.label("id")], clauses, facts=True)
+        return audience_select([Customer.__table__.c.id], clauses, facts=from_facts)
+
+    return _read(build, facts, as_of)
+
+
+def audience_recipients_query(
+    audience: Any, config: Config, as_of: datetime, *, facts: Facts = False
+) -> Any:
+    """The matching customers with every Recipient fact, ordered by id."""
+
+    def build(from_facts: bool) -> Select[Any]:
+        window = expiring_window(audience)
+        q = recipients_query(config, as_of, expiring_within=window, facts=from_facts)
+        return q.where(and_(*conditions(audience, config, as_of, facts=from_facts)))
+
+    return _by_id(_read(build, facts, as_of))
+
+
+def audience_decisions_query(
+    audience: Any, config: Config, as_of: datetime, *, facts: Facts = False
+) -> Any:
+    """The matching customers with what ``policy.decide`` reads, ordered by id."""
+
+    def build(from_facts: bool) -> Select[Any]:
+        q = decision_query(config, as_of, facts=from_facts)
+        return q.where(and_(*conditions(audience, config, as_of, facts=from_facts)))
+
+    return _by_id(_read(build, facts, as_of))
+
+
 def count_audience(
-    engine: Engine, audience: Any, config: Config, as_of: datetime, *, facts: bool | None = None
+    engine: Engine, audience: Any, config: Config, as_of: datetime, *, facts: Facts = None
 ) -> int:
     """How many customers match; ``facts``: None reads ``customer_facts``
-    when they answer ``as_of`` (``facts_usable``), True/False forces a path."""
+    as far as they answer ``as_of`` (``facts_reading``), True/False forces a path."""
     with engine.connect() as conn:
-        use = facts_usable(conn, config, as_of) if facts is None else facts
-        ids = audience_ids(audience, config, as_of, facts=use).subquery()
+        reading = facts_reading(conn, config, as_of) if facts is None else facts
+        ids = audience_ids(audience, config, as_of, facts=reading).subquery()
         return int(conn.execute(select(func.count()).select_from(ids)).scalar_one())
 
 
@@ -399,7 +455,7 @@ def stream_audience(
     batch: int = 2000,
     limit: int | None = None,
     decision_only: bool = False,
-    facts: bool | None = None,
+    facts: Facts = None,
 ) -> Iterator[list[Recipient]]:
     """Matching recipients in batches, streamed with a server-side cursor.
 
@@ -409,14 +465,12 @@ def stream_audience(
     ``count_audience``.
     """
     with engine.connect() as conn:
-        use = facts_usable(conn, config, as_of) if facts is None else facts
+        reading = facts_reading(conn, config, as_of) if facts is None else facts
         if decision_only:
-            q = decision_query(config, as_of, facts=use)
-            q = q.where(and_(*conditions(audience, config, as_of, facts=use)))
-            q = q.order_by(Customer.__table__.c.id)
+            q = audience_decisions_query(audience, config, as_of, facts=reading)
             convert = decision_row_to_recipient
         else:
-            q = audience_recipients_query(audience, config, as_of, facts=use)
+            q = audience_recipients_query(audience, config, as_of, facts=reading)
             convert = row_to_recipient
         if limit is not None:
             q = q.limit(limit)

@@ -23,9 +23,9 @@ from sqlalchemy import (
     and_,
     case,
     cast,
-    exists,
     func,
     literal,
+    or_,
     select,
     true,
     type_coerce,
@@ -63,24 +63,58 @@ def ensure_facts(engine: Engine, config: Config, now: datetime) -> bool:
         return stored.ensure(conn, rule_of(config), now)
 
 
-def facts_usable(conn: Connection, config: Config, as_of: datetime) -> bool:
-    """Whether ``customer_facts`` are every customer's facts as of ``as_of``.
+# How an audience reads a customer's facts as of an instant (``facts_reading``).
+LOG = "log"  # from the interaction log and the lots, for every customer
+FACTS = "facts"  # from customer_facts, for every customer
+SPLIT = "split"  # customer_facts for the customers with nothing recorded after the
+#                  instant, the log for the few others (late events of a live shop)
+SPLIT_MAX = 10_000  # customers read from the log at most in a split reading
 
-    They are when they are complete, follow ``config``'s engagement rule, and
-    nothing is recorded after ``as_of`` for a customer who had signed up by
-    then (``horizon``, an index probe). Otherwise ``as_of`` is in the past
-    of some customer's data and the interaction log answers instead.
+
+def facts_reading(conn: Connection, config: Config, as_of: datetime) -> str:
+    """How ``customer_facts`` answer ``as_of``: ``FACTS``, ``SPLIT`` or ``LOG``.
+
+    The facts are a customer's facts as of ``as_of`` when they are complete,
+    follow ``config``'s engagement rule, and nothing is recorded after
+    ``as_of`` for the customer (``horizon``). ``FACTS`` when that holds for
+    every customer signed up by then (an index probe); ``SPLIT`` when only a
+    few (at most ``SPLIT_MAX``) have later data, such as the interactions
+    webhooks record while the daemon plans an occurrence that just passed;
+    ``LOG`` otherwise (an instant in the shop's past, a rule just changed, a
+    first import still loading).
     """
     state = stored.state(conn)
     if not state.valid or state.engagement != rule_of(config).to_json():
-        return False
+        return LOG
     f = CustomerFacts.__table__
-    later = exists(
-        select(f.c.customer_id).where(
-            f.c.horizon > at_instant(as_of), f.c.created_at <= at_instant(as_of)
-        )
+    late = (
+        select(f.c.customer_id)
+        .where(f.c.horizon > at_instant(as_of), f.c.created_at <= at_instant(as_of))
+        .limit(SPLIT_MAX + 1)
+        .subquery()
     )
-    return not conn.execute(select(later)).scalar()
+    n = int(conn.execute(select(func.count()).select_from(late)).scalar_one())
+    if n == 0:
+        return FACTS
+    return SPLIT if n <= SPLIT_MAX else LOG
+
+
+def facts_usable(conn: Connection, config: Config, as_of: datetime) -> bool:
+    """Whether ``customer_facts`` are every customer's facts as of ``as_of``
+    (``facts_reading`` is ``FACTS``)."""
+    return facts_reading(conn, config, as_of) == FACTS
+
+
+def read_from_facts(as_of: datetime) -> ColumnElement[bool]:
+    """The customers whose facts answer ``as_of`` (a split reading's first part)."""
+    f = CustomerFacts.__table__
+    return or_(f.c.horizon.is_(None), f.c.horizon <= at_instant(as_of))
+
+
+def read_from_log(as_of: datetime) -> ColumnElement[bool]:
+    """The other customers (over ``customer``): a split reading's second part."""
+    c, f = Customer.__table__, CustomerFacts.__table__
+    return c.c.id.in_(select(f.c.customer_id).where(f.c.horizon > at_instant(as_of)))
 
 
 def interaction_facts(

@@ -84,7 +84,7 @@ def recipients_query(
 
     ``facts``: last activity, orders and lifetime value come from
     ``customer_facts`` (joined) instead of probes of the log; only where
-    ``facts_usable`` says they answer ``as_of``.
+    ``facts_reading`` says they answer ``as_of``.
     """
     c, p = Customer.__table__, PointsLot.__table__
     live = live_lots(as_of)
@@ -145,7 +145,7 @@ def decision_query(config: Config, as_of: datetime, *, facts: bool = False) -> S
     subqueries — and the JSON attributes would be read for nothing.
 
     ``facts``: last activity is read from ``customer_facts`` (joined), not
-    probed in the log; only where ``facts_usable`` says they answer ``as_of``.
+    probed in the log; only where ``facts_reading`` says they answer ``as_of``.
     """
     c, f = Customer.__table__, CustomerFacts.__table__
     if facts:

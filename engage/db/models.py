@@ -201,7 +201,7 @@ class CustomerFacts(Base):
     ``customer``, ``interaction`` and ``points_lot``. Never write it by hand.
 
     Audiences read it instead of the log when it answers their instant
-    exactly (``engage.customers.facts.facts_usable``): ``horizon`` is the
+    exactly (``engage.customers.facts.facts_reading``): ``horizon`` is the
     latest instant recorded for the customer (interactions, and lots that
     still hold points), so the facts are the customer's facts as of any
     instant at or after it. Money is in whole cents: sums are exact on every

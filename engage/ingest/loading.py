@@ -55,7 +55,7 @@ class Loading:
 
     The facts are kept by the rule they already follow (``facts_state``), not
     the config's: a changed rule is ``engage db upgrade``'s to apply, and
-    until then audiences read the log (``facts_usable``), so an import never
+    until then audiences read the log (``facts_reading``), so an import never
     rebuilds anything but what it disturbs itself. ``bulk`` (file imports)
     may take the first-load path and finishes what an interrupted one left;
     the HTTP ingest API's calls (not bulk) only read the rule: one query.
