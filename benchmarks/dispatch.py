@@ -18,7 +18,8 @@ Groups:
 
 * ``dispatch`` (SPEC §11): emails and SMS with the fakes answering at once,
   beside a bare SDK call loop with a prebuilt request on 8 threads, in three
-  rounds (engage, then the bare loop right after it); the figure is the round
+  rounds (engage and the bare loop back to back, engage first in the first and
+  third round and second in the second); the figure is the round
   with the median ratio. Target: ≥ 0.70.
 * ``dispatch-latency``: emails/s and SMS/s with the fakes answering after
   100 ms beside the rate at once (latency hidden: ≥ 90%, and ≥ 1,000 emails/s
@@ -304,11 +305,17 @@ def run(ctx: Context, rounds: int = 3) -> list[Result]:
             ("sms", _bare_twilio(fakes.twilio)),
         ):
             done = []
-            for _ in range(rounds):
+            for i in range(rounds):
+                # Rounds alternate which side goes first: neither always gets
+                # the machine's first or second minute.
+                engage_first = i % 2 == 0
+                bare_s = 0.0 if engage_first else _threads(BARE_THREADS, n, bare)
                 got = _rate(ctx, config, channel, n)
-                bare_s = _threads(BARE_THREADS, got["planned"], bare)
-                got["bare_rate"] = got["planned"] / bare_s
+                if engage_first:
+                    bare_s = _threads(BARE_THREADS, got["planned"], bare)
+                got["bare_rate"] = (got["planned"] if engage_first else n) / bare_s
                 got["ratio"] = got["rate"] / got["bare_rate"]
+                got["engage_first"] = engage_first
                 done.append(got)
             median = sorted(done, key=lambda r: r["ratio"])[len(done) // 2]
             provider = "SendGrid" if channel == "email" else "Twilio"

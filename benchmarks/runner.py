@@ -3,7 +3,7 @@
 Prints a table (figure, reference, ratio, target, pass/fail, load average)
 and writes the same rows as JSON. ``--only`` runs one group: ``audience``,
 ``planning``, ``rendering``, ``dispatch``, ``dispatch-latency``, ``memory``, ``report``,
-``ui``, ``http``.
+``ui``, ``http``, ``import``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 from engage.db import make_engine, upgrade
 from engage.timeutil import isoformat_z, parse_instant
 
-from . import audience, dispatch, generate, http, planning, rendering, report, ui
+from . import audience, dispatch, generate, http, importing, planning, rendering, report, ui
 from .common import (
     Context,
     Result,
@@ -42,6 +42,7 @@ GROUPS: dict[str, Callable[[Context], list[Result]]] = {
     "report": report.run,
     "ui": ui.run,
     "http": http.run,
+    "import": importing.run,
 }
 
 

@@ -97,12 +97,21 @@ def _main(
 
 @db_app.command("upgrade")
 def db_upgrade(ctx: typer.Context) -> None:
-    """Apply database migrations (creates the database on first run)."""
+    """Apply database migrations (creates the database on first run).
+
+    Also rebuilds the customer facts when config's engagement_kinds or
+    ignored_kinds changed, and restores what an interrupted first import left.
+    """
+    from .customers.facts import rule_of
     from .db import current_revision, upgrade
+    from .ingest.loading import restore
 
     c = ctx_of(ctx)
     upgrade(c.engine)
     out.print(f"database at revision {current_revision(c.engine)}")
+    with c.engine.begin() as conn:
+        if restore(conn, rule_of(c.config), utcnow()):
+            out.print("customer facts rebuilt (and any index an interrupted import dropped)")
 
 
 ERRORS_SHOWN = 50
@@ -128,36 +137,79 @@ def import_cmd(
 
     Bad rows are reported as FILE:LINE: field: why and skipped; good rows are kept
     and the exit status is 0. A missing file or a CSV without the required
-    columns exits 1 before anything is written.
+    columns exits 1 before anything is written. Ctrl-C stops after the batch in
+    flight is rolled back (exit 130); running the same import again is safe.
     """
-    from .ingest import import_file
+    from .ingest import ImportInterrupted, ImportProgress, import_file
 
     c = ctx_of(ctx)
-    bar, progress = None, None
-    if err.is_terminal:  # a progress bar over bytes read, only for a human watching
-        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+    bar: Any = None
+    if err.is_terminal:  # a progress bar, only for a human watching
+        from rich.progress import BarColumn, Progress, TextColumn
 
-        bar = Progress(TextColumn(f"importing {kind}"), BarColumn(), DownloadColumn(), console=err)
-        task = bar.add_task(kind, total=None)
-        progress = lambda done, total: bar.update(task, completed=done, total=total)  # noqa: E731
-        bar.start()
-    try:
-        now = utcnow()
-        result = import_file(
-            c.engine, c.config, kind, file, fmt=fmt, rejects=rejects, now=now, progress=progress
+        bar = Progress(
+            TextColumn(f"importing {kind}"),
+            BarColumn(),
+            TextColumn("{task.fields[rows]:>12,} rows {task.fields[rate]:>9,.0f} rows/s"),
+            TextColumn("{task.fields[eta]}"),
+            console=err,
         )
+        task = bar.add_task(kind, total=None, rows=0, rate=0.0, eta="")
+
+        def progress(p: ImportProgress) -> None:
+            eta = "" if p.eta is None else f"about {_seconds(p.eta)} left"
+            bar.update(
+                task, completed=p.bytes_done, total=p.bytes_total, rows=p.rows, rate=p.rate, eta=eta
+            )
+
+        bar.start()
+    else:  # periodic log lines instead (event import_progress)
+        from .logs import setup_logging
+
+        setup_logging("text", level="INFO", secrets=c.config.secrets.values())
+        progress = None  # type: ignore[assignment]
+    try:
+        result = import_file(
+            c.engine, c.config, kind, file, fmt=fmt, rejects=rejects, now=utcnow(),
+            progress=progress, phone_helper=True,
+        )  # fmt: skip
+    except ImportInterrupted as stopped:
+        if bar is not None:
+            bar.stop()
+        _show_problems(stopped.result, rejects)
+        err.print(str(stopped), markup=False)
+        raise typer.Exit(130) from None
     finally:
         if bar is not None:
             bar.stop()
+    _show_problems(result, rejects)
+    if as_json:
+        print_json(result.to_dict())
+    else:
+        out.print(result.summary(), markup=False)
+
+
+def _seconds(value: float) -> str:
+    value = int(value + 0.5)
+    if value < 60:
+        return f"{value}s"
+    if value < 3600:
+        return f"{value // 60}m{value % 60:02d}s"
+    return f"{value // 3600}h{value % 3600 // 60:02d}m"
+
+
+def _show_problems(result: Any, rejects: Path | None) -> None:
+    """The first rejected rows and warnings on stderr, each as FILE:LINE: field: why."""
     for problem in result.errors[:ERRORS_SHOWN]:
         err.print(str(problem), markup=False)
     if result.rejected > ERRORS_SHOWN:
         where = f" (all in {rejects})" if rejects else " (use --rejects FILE to keep them all)"
         err.print(f"... and {result.rejected - ERRORS_SHOWN:,} more{where}", markup=False)
-    if as_json:
-        print_json(result.to_dict())
-    else:
-        out.print(result.summary(), markup=False)
+    for problem in result.warnings[:ERRORS_SHOWN]:
+        err.print(str(problem), markup=False)
+    warned = sum(result.warning_counts.values())
+    if warned > ERRORS_SHOWN:
+        err.print(f"... and {warned - ERRORS_SHOWN:,} more warnings", markup=False)
 
 
 @app.command("validate")

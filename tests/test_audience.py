@@ -245,3 +245,20 @@ def test_audience_is_streamed_in_batches(world: World, engine: Engine) -> None:
     assert [r.customer_id for b in batches for r in b] == sorted(f"c{n:03d}" for n in range(25))
     limited = list(stream_audience(engine, aud(), Config(), AS_OF, limit=3))
     assert sum(len(b) for b in limited) == 3
+
+
+def test_where_keeps_json_types_apart(world: World, engine: Engine) -> None:
+    """docs/campaigns.md: "3" is not 3, and true is not 1, on both backends
+    (PostgreSQL's ->> read 3 and "3" alike; SQLite's json_extract reads true
+    as 1); and a cached statement never answers for other values."""
+    w = world
+    w.customer("num", attributes={"n": 3, "flag": True, "code": 1})
+    w.customer("text", attributes={"n": "3", "flag": "true", "code": "x"})
+    w.customer("int_flag", attributes={"n": 3.0, "flag": 1, "code": 2})
+    assert ids(engine, aud(where={"n": 3})) == {"num", "int_flag"}  # 3.0 is the number 3
+    assert ids(engine, aud(where={"n": "3"})) == {"text"}
+    assert ids(engine, aud(where={"flag": True})) == {"num"}
+    assert ids(engine, aud(where={"flag": False})) == set()
+    assert ids(engine, aud(where={"flag": 1})) == {"int_flag"}
+    assert ids(engine, aud(where={"code": [1, "x"]})) == {"num", "text"}
+    assert ids(engine, aud(where={"code": [2]})) == {"int_flag"}

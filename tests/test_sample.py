@@ -283,3 +283,19 @@ def test_responses_follow_the_sends_and_favour_recipients() -> None:
     # a send whose window is still open only gets orders until now
     late = responses([("c", "x", NOW - timedelta(hours=1), False)] * 50, now=NOW, window=window)
     assert all(datetime.fromisoformat(r["occurred_at"]) <= NOW for r in late)
+def test_generated_data_has_its_indexes_and_current_facts(
+    engine: Engine, sample: SampleStats
+) -> None:
+    """The generator loads as a first full load (indexes and facts built at
+    the end): afterwards nothing is missing and the facts are the log's."""
+    from engage.db import facts
+    from engage.db.bulk import missing_indexes
+    from engage.ingest.loading import FIRST_LOAD_TABLES
+    from tests.test_facts import recomputed, snapshot
+
+    with engine.connect() as conn:
+        assert facts.state(conn).valid
+        assert not missing_indexes(conn, list(FIRST_LOAD_TABLES.values()))
+    got = snapshot(engine)
+    assert len(got) == sample.customers
+    assert got == recomputed(engine)

@@ -15,6 +15,7 @@ from typing import Any
 from ..config import Config, default_config_path, load_config
 from ..errors import ConfigError, Problem, ValidationFailed
 from ..templating.renderer import Renderer
+from .data import data_problems
 from .loader import LoadResult, collect_campaigns, display_path
 
 
@@ -71,6 +72,7 @@ def _check(config: Config) -> tuple[list[Problem], LoadResult]:
     if config.templates_path.is_dir():
         # Renders every template against a sample customer (SPEC §4).
         problems.extend(Renderer(config).check(campaigns.campaigns))
+    problems.extend(data_problems(config, campaigns.campaigns))
     return problems, campaigns
 
 

@@ -14,21 +14,27 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     BindParameter,
     ColumnElement,
+    Connection,
+    Engine,
     Subquery,
     and_,
     case,
+    cast,
     func,
     literal,
+    or_,
     select,
     true,
     type_coerce,
 )
 
 from ..config import Config
+from ..db import facts as stored
 from ..db.bulk import in_values
-from ..db.models import Customer, Interaction, Money, PointsLot, UTCDateTime
+from ..db.models import Customer, CustomerFacts, Interaction, Money, PointsLot, UTCDateTime
 
 # --- set-based facts about customers --------------------------------------------------
 
@@ -43,6 +49,72 @@ def engagement_filter(config: Config) -> ColumnElement[bool]:
     if config.ignored_kinds:
         return kind.not_in(config.ignored_kinds)
     return true()
+
+
+def rule_of(config: Config) -> stored.EngagementRule:
+    """The engagement rule of ``config``, as the stored facts record it."""
+    return stored.EngagementRule.of(config.engagement_kinds, config.ignored_kinds)
+
+
+def ensure_facts(engine: Engine, config: Config, now: datetime) -> bool:
+    """Make ``customer_facts`` follow ``config``'s engagement rule (``engage db
+    upgrade`` and every import call this); True when they were rebuilt."""
+    with engine.begin() as conn:
+        return stored.ensure(conn, rule_of(config), now)
+
+
+# How an audience reads a customer's facts as of an instant (``facts_reading``).
+LOG = "log"  # from the interaction log and the lots, for every customer
+FACTS = "facts"  # from customer_facts, for every customer
+SPLIT = "split"  # customer_facts for the customers with nothing recorded after the
+#                  instant, the log for the few others (late events of a live shop)
+SPLIT_MAX = 10_000  # customers read from the log at most in a split reading
+
+
+def facts_reading(conn: Connection, config: Config, as_of: datetime) -> str:
+    """How ``customer_facts`` answer ``as_of``: ``FACTS``, ``SPLIT`` or ``LOG``.
+
+    The facts are a customer's facts as of ``as_of`` when they are complete,
+    follow ``config``'s engagement rule, and nothing is recorded after
+    ``as_of`` for the customer (``horizon``). ``FACTS`` when that holds for
+    every customer signed up by then (an index probe); ``SPLIT`` when only a
+    few (at most ``SPLIT_MAX``) have later data, such as the interactions
+    webhooks record while the daemon plans an occurrence that just passed;
+    ``LOG`` otherwise (an instant in the shop's past, a rule just changed, a
+    first import still loading).
+    """
+    state = stored.state(conn)
+    if not state.valid or state.engagement != rule_of(config).to_json():
+        return LOG
+    f = CustomerFacts.__table__
+    late = (
+        select(f.c.customer_id)
+        .where(f.c.horizon > at_instant(as_of), f.c.created_at <= at_instant(as_of))
+        .limit(SPLIT_MAX + 1)
+        .subquery()
+    )
+    n = int(conn.execute(select(func.count()).select_from(late)).scalar_one())
+    if n == 0:
+        return FACTS
+    return SPLIT if n <= SPLIT_MAX else LOG
+
+
+def facts_usable(conn: Connection, config: Config, as_of: datetime) -> bool:
+    """Whether ``customer_facts`` are every customer's facts as of ``as_of``
+    (``facts_reading`` is ``FACTS``)."""
+    return facts_reading(conn, config, as_of) == FACTS
+
+
+def read_from_facts(as_of: datetime) -> ColumnElement[bool]:
+    """The customers whose facts answer ``as_of`` (a split reading's first part)."""
+    f = CustomerFacts.__table__
+    return or_(f.c.horizon.is_(None), f.c.horizon <= at_instant(as_of))
+
+
+def read_from_log(as_of: datetime) -> ColumnElement[bool]:
+    """The other customers (over ``customer``): a split reading's second part."""
+    c, f = Customer.__table__, CustomerFacts.__table__
+    return c.c.id.in_(select(f.c.customer_id).where(f.c.horizon > at_instant(as_of)))
 
 
 def interaction_facts(
@@ -189,6 +261,17 @@ def latest_answers(since: datetime, until: datetime, *, until_inclusive: bool = 
         .where(ranked.c.rank == 1)
         .subquery("latest_answers")
     )
+def lifetime_cents_of(as_of: datetime) -> Any:
+    """The customer's order amounts up to ``as_of`` in whole cents (NULL when
+    none): exact on every backend (SQLite keeps amounts as REAL, whose sums
+    can land a hair below a threshold), and what ``customer_facts`` sums."""
+    i = Interaction.__table__
+    return select(func.sum(cents(i.c.amount))).where(orders_where(as_of)).scalar_subquery()
+
+
+def cents(amount: Any) -> Any:
+    """An amount in whole cents, as SQL (``engage.db.facts`` rounds the same way)."""
+    return cast(func.round(amount * 100), BigInteger)
 
 
 def live_lots(as_of: datetime) -> ColumnElement[bool]:

@@ -20,6 +20,7 @@ from sqlalchemy import (
     Select,
     String,
     func,
+    literal,
     select,
     type_coerce,
 )
@@ -27,7 +28,7 @@ from sqlalchemy.orm import Session
 
 from ..config import Config
 from ..db.bulk import in_values
-from ..db.models import Customer, Money, PointsLot, UTCDateTime
+from ..db.models import Customer, CustomerFacts, Money, PointsLot, UTCDateTime
 from .facts import (
     DEFAULT_EXPIRING_WINDOW,
     at_instant,
@@ -71,6 +72,7 @@ def recipients_query(
     *,
     customer_ids: Sequence[str] | None = None,
     expiring_within: timedelta = DEFAULT_EXPIRING_WINDOW,
+    facts: bool = False,
 ) -> Select[Any]:
     """Customers with every fact a Recipient needs, as one select.
 
@@ -79,10 +81,23 @@ def recipients_query(
     gives them (instants and attributes as text on SQLite) and are converted
     there, positionally: SQLAlchemy's result processing of these 18 columns
     cost more than the seven index probes of the query itself.
+
+    ``facts``: last activity, orders and lifetime value come from
+    ``customer_facts`` (joined) instead of probes of the log; only where
+    ``facts_reading`` says they answer ``as_of``.
     """
     c, p = Customer.__table__, PointsLot.__table__
     live = live_lots(as_of)
     horizon = at_instant(as_of + expiring_within)
+    f = CustomerFacts.__table__
+    if facts:
+        last_activity: Any = f.c.last_activity_at
+        orders: Any = f.c.orders
+        ltv: Any = f.c.lifetime_cents / literal(100.0)
+    else:
+        last_activity = func.coalesce(last_engagement_of(config, as_of), c.c.created_at)
+        orders = order_count_of(as_of)
+        ltv = lifetime_value_of(as_of)
     q = select(
         c.c.id,
         c.c.email,
@@ -96,11 +111,9 @@ def recipients_query(
         type_coerce(c.c.email_opt_in, Integer()),
         type_coerce(c.c.sms_opt_in, Integer()),
         type_coerce(c.c.created_at, String()),
-        type_coerce(
-            func.coalesce(last_engagement_of(config, as_of), c.c.created_at), String()
-        ).label("last_activity"),
-        order_count_of(as_of).label("orders"),
-        type_coerce(lifetime_value_of(as_of), String()).label("lifetime_value"),
+        type_coerce(last_activity, String()).label("last_activity"),
+        orders.label("orders"),
+        type_coerce(ltv, String()).label("lifetime_value"),
         select(func.sum(p.c.remaining)).where(live).scalar_subquery().label("points_balance"),
         select(func.sum(p.c.remaining))
         .where(live, p.c.expires_at <= horizon)
@@ -115,12 +128,14 @@ def recipients_query(
             String(),
         ).label("next_expiry"),
     ).where(c.c.created_at <= at_instant(as_of))
+    if facts:
+        q = q.select_from(c.join(f, f.c.customer_id == c.c.id))
     if customer_ids is not None:
         q = q.where(in_values(c.c.id, customer_ids))
     return q
 
 
-def decision_query(config: Config, as_of: datetime) -> Select[Any]:
+def decision_query(config: Config, as_of: datetime, *, facts: bool = False) -> Select[Any]:
     """Customers with only the facts ``policy.decide`` reads: contact, consent,
     time zone, sign-up and last activity (one correlated probe per customer).
 
@@ -128,9 +143,16 @@ def decision_query(config: Config, as_of: datetime) -> Select[Any]:
     render at send time from the data current then), so the order, lifetime-value
     and points probes of ``recipients_query`` — six of its seven correlated
     subqueries — and the JSON attributes would be read for nothing.
+
+    ``facts``: last activity is read from ``customer_facts`` (joined), not
+    probed in the log; only where ``facts_reading`` says they answer ``as_of``.
     """
-    c = Customer.__table__
-    return select(
+    c, f = Customer.__table__, CustomerFacts.__table__
+    if facts:
+        last_activity: Any = f.c.last_activity_at
+    else:
+        last_activity = func.coalesce(last_engagement_of(config, as_of), c.c.created_at)
+    q = select(
         c.c.id,
         c.c.email,
         c.c.phone,
@@ -140,10 +162,11 @@ def decision_query(config: Config, as_of: datetime) -> Select[Any]:
         # As text on SQLite, parsed by ``decision_row_to_recipient`` with
         # ``fromisoformat`` (SQLAlchemy's regex-based parser costs more per row).
         type_coerce(c.c.created_at, String()).label("created_at"),
-        type_coerce(
-            func.coalesce(last_engagement_of(config, as_of), c.c.created_at), String()
-        ).label("last_activity"),
+        type_coerce(last_activity, String()).label("last_activity"),
     ).where(c.c.created_at <= at_instant(as_of))
+    if facts:
+        q = q.select_from(c.join(f, f.c.customer_id == c.c.id))
+    return q
 
 
 def decision_row_to_recipient(row: Any, config: Config) -> Recipient:

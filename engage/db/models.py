@@ -204,6 +204,53 @@ class PointsAllocation(Base):
     points: Mapped[int] = mapped_column(Integer)
 
 
+class CustomerFacts(Base):
+    """What the interaction log and the points ledger say about a customer,
+    over everything recorded: derived, kept current by database triggers
+    (``engage.db.facts``) in the same transaction as every write to
+    ``customer``, ``interaction`` and ``points_lot``. Never write it by hand.
+
+    Audiences read it instead of the log when it answers their instant
+    exactly (``engage.customers.facts.facts_reading``): ``horizon`` is the
+    latest instant recorded for the customer (interactions, and lots that
+    still hold points), so the facts are the customer's facts as of any
+    instant at or after it. Money is in whole cents: sums are exact on every
+    backend. ``points_left`` counts every lot that still holds points, expired
+    or not: it is the balance at any instant before ``points_next_expiry``.
+    """
+
+    __tablename__ = "customer_facts"
+
+    customer_id: Mapped[str] = mapped_column(
+        ForeignKey("customer.id", ondelete="CASCADE", onupdate="CASCADE"), primary_key=True
+    )
+    created_at: Mapped[datetime]  # the customer's, copied
+    last_engagement_at: Mapped[datetime | None]  # latest interaction that counts as engagement
+    last_activity_at: Mapped[datetime] = mapped_column(index=True)  # that, or created_at
+    orders: Mapped[int] = mapped_column(Integer)
+    lifetime_cents: Mapped[int] = mapped_column(BigInteger)  # sum of order amounts, in cents
+    first_order_at: Mapped[datetime | None]
+    last_order_at: Mapped[datetime | None]
+    points_left: Mapped[int] = mapped_column(BigInteger)
+    points_next_expiry: Mapped[datetime | None]
+    horizon: Mapped[datetime | None] = mapped_column(index=True)
+
+
+class FactsState(Base):
+    """One row (``id = 1``): the engagement rule that ``customer_facts`` and its
+    triggers follow (JSON, see ``engage.db.facts.EngagementRule``), and whether
+    the facts are complete (``valid`` is false while a bulk load rebuilds them).
+    ``paused`` is only ever true inside a bulk-load transaction on SQLite."""
+
+    __tablename__ = "facts_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    engagement: Mapped[str] = mapped_column(Text)
+    valid: Mapped[bool] = mapped_column(Boolean)
+    paused: Mapped[bool] = mapped_column(Boolean)
+    updated_at: Mapped[datetime]
+
+
 class CampaignRun(Base):
     """One occurrence of one campaign: the calendar's memory."""
 

@@ -10,32 +10,35 @@ left; one larger than that balance is a row error and changes nothing.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from itertools import groupby
 from typing import Any
 
-from sqlalchemy import Connection, Table, bindparam, insert, select, update
+from sqlalchemy import Connection, Table, bindparam, insert, select, text, update
 
+from ..db.bulk import in_values, load_rows
 from ..db.models import PointsAllocation, PointsLot, PointsRedemption
 from .fields import EarnRec, RedeemRec, RowInvalid
 from .store import (
     INSERTED,
     UNCHANGED,
     UPDATED,
+    FactsUpkeep,
     Outcome,
     chunks,
     fetch_by,
     known_customers,
     unknown_customer,
-    upsert,
+    write_planned,
 )
 
 _LOT: Table = PointsLot.__table__  # type: ignore[assignment]
 _REDEMPTION: Table = PointsRedemption.__table__  # type: ignore[assignment]
 _ALLOCATION: Table = PointsAllocation.__table__  # type: ignore[assignment]
 _LOT_FIELDS = ("customer_id", "points", "remaining", "earned_at", "expires_at")
+_LOT_COLUMNS = ("external_id", *_LOT_FIELDS)
 _REDEMPTION_FIELDS = ("customer_id", "points", "redeemed_at")
 
 
@@ -49,7 +52,7 @@ class _Lot:
 
 
 def write_points(
-    conn: Connection, recs: Sequence[EarnRec | RedeemRec], now: datetime
+    conn: Connection, recs: Sequence[EarnRec | RedeemRec], now: datetime, upkeep: FactsUpkeep
 ) -> list[Outcome]:
     """Apply earns and redemptions in order; one outcome per record."""
     known = known_customers(conn, (r.customer_id for r in recs))
@@ -64,59 +67,71 @@ def write_points(
         idx = list(group)
         run = [recs[i] for i in idx]
         if is_earn:
-            outs = _write_earns(conn, run)  # type: ignore[arg-type]
+            outs = _write_earns(conn, run, upkeep)  # type: ignore[arg-type]
         else:
             outs = _write_redemptions(conn, run)  # type: ignore[arg-type]
         for i, out in zip(idx, outs, strict=True):
             outcomes[i] = out
+    upkeep.refresh(
+        conn, (recs[i].customer_id for i in valid if outcomes[i] in (INSERTED, UPDATED))
+    )
     return [o if o is not None else RowInvalid("points", "not processed") for o in outcomes]
 
 
-def _write_earns(conn: Connection, recs: Sequence[EarnRec]) -> list[Outcome]:
+def _write_earns(
+    conn: Connection, recs: Sequence[EarnRec], upkeep: FactsUpkeep
+) -> list[Outcome]:
     """Upsert lots on ``external_id``. Changing a lot's points moves ``remaining``
     by the same amount, which must not drop below zero (points already redeemed)."""
-    table = _LOT
-    existing = fetch_by(conn, table, "external_id", (r.external_id for r in recs), _LOT_FIELDS)
-    state: dict[str, dict[str, Any]] = {}
-    dirty: dict[str, None] = {}
-    outcomes: list[Outcome] = []
-    for rec in recs:
-        cur = state.get(rec.external_id) or existing.get(rec.external_id)
-        new = {
-            "external_id": rec.external_id,
-            "customer_id": rec.customer_id,
-            "points": rec.points,
-            "remaining": rec.points,
-            "earned_at": rec.earned_at,
-            "expires_at": rec.expires_at,
-        }
-        if cur is None:
-            outcome: Outcome = INSERTED
-        elif cur["customer_id"] != rec.customer_id:
-            outcomes.append(
-                RowInvalid(
+    outcomes: list[Outcome] = [INSERTED] * len(recs)
+
+    def plan(indices: Sequence[int], existing: dict[str, dict[str, Any]]) -> list[tuple[Any, ...]]:
+        state: dict[str, dict[str, Any]] = {}
+        dirty: dict[str, None] = {}
+        for i in indices:
+            rec = recs[i]
+            cur = state.get(rec.external_id) or existing.get(rec.external_id)
+            new = {
+                "external_id": rec.external_id,
+                "customer_id": rec.customer_id,
+                "points": rec.points,
+                "remaining": rec.points,
+                "earned_at": rec.earned_at,
+                "expires_at": rec.expires_at,
+            }
+            if cur is None:
+                outcome: Outcome = INSERTED
+            elif cur["customer_id"] != rec.customer_id:
+                outcomes[i] = RowInvalid(
                     "external_id",
                     f"lot {rec.external_id!r} belongs to customer {cur['customer_id']!r}",
                 )
-            )
-            continue
-        else:
-            used = cur["points"] - cur["remaining"]
-            if rec.points < used:
-                outcomes.append(
-                    RowInvalid(
+                continue
+            else:
+                used = cur["points"] - cur["remaining"]
+                if rec.points < used:
+                    outcomes[i] = RowInvalid(
                         "points", f"lot {rec.external_id!r} already had {used} points redeemed"
                     )
-                )
-                continue
-            new["remaining"] = rec.points - used
-            outcome = UNCHANGED if new == cur else UPDATED
-        state[rec.external_id] = new
-        if outcome != UNCHANGED:
-            dirty[rec.external_id] = None
-        outcomes.append(outcome)
-    rows = [state[ext] for ext in dirty]
-    upsert(conn, table, "external_id", rows, ("points", "remaining", "earned_at", "expires_at"))
+                    continue
+                new["remaining"] = rec.points - used
+                outcome = UNCHANGED if new == cur else UPDATED
+            state[rec.external_id] = new
+            if outcome != UNCHANGED:
+                dirty[rec.external_id] = None
+            outcomes[i] = outcome
+        return [tuple(state[ext][c] for c in _LOT_COLUMNS) for ext in dirty]
+
+    def fetch(keys: Iterable[str]) -> dict[str, dict[str, Any]]:
+        return {
+            ext: {"external_id": ext, **dict(zip(_LOT_FIELDS, values, strict=True))}
+            for ext, values in fetch_by(conn, _LOT, "external_id", keys, _LOT_FIELDS).items()
+        }
+
+    write_planned(
+        conn, _LOT, upkeep, [r.external_id for r in recs], range(len(recs)), plan, fetch,
+        _LOT_COLUMNS, update=_LOT_COLUMNS[2:],
+    )  # fmt: skip
     return outcomes
 
 
@@ -132,7 +147,7 @@ def _load_lots(conn: Connection, recs: Sequence[RedeemRec]) -> dict[str, list[_L
         query = (
             select(t.id, t.customer_id, t.remaining, t.earned_at, t.expires_at)
             .where(
-                t.customer_id.in_(chunk),
+                in_values(t.customer_id, chunk),
                 t.remaining > 0,
                 t.earned_at <= latest,
                 t.expires_at > earliest,
@@ -151,9 +166,12 @@ def _write_redemptions(conn: Connection, recs: Sequence[RedeemRec]) -> list[Outc
     """Insert new redemptions with their FIFO allocations; a known
     ``external_id`` with the same values is unchanged (never re-applied)."""
     table = _REDEMPTION
-    existing = fetch_by(
-        conn, table, "external_id", (r.external_id for r in recs), _REDEMPTION_FIELDS
-    )
+    existing = {
+        ext: {"external_id": ext, **dict(zip(_REDEMPTION_FIELDS, values, strict=True))}
+        for ext, values in fetch_by(
+            conn, table, "external_id", (r.external_id for r in recs), _REDEMPTION_FIELDS
+        ).items()
+    }
     lots = _load_lots(conn, [r for r in recs if r.external_id not in existing])
     seen: dict[str, dict[str, Any]] = {}
     fresh: list[dict[str, Any]] = []
@@ -214,23 +232,37 @@ def _write_redemptions(conn: Connection, recs: Sequence[RedeemRec]) -> list[Outc
                 insert(table).returning(table.c.id, table.c.external_id), fresh
             )
         )
-        conn.execute(
-            insert(_ALLOCATION),
-            [
-                {"redemption_id": ids[ext], "lot_id": lot_id, "points": pts}
-                for ext, taken in allocations.items()
-                for lot_id, pts in taken
-            ],
+        load_rows(
+            conn,
+            _ALLOCATION,
+            ("redemption_id", "lot_id", "points"),
+            [(ids[e], lot_id, pts) for e, taken in allocations.items() for lot_id, pts in taken],
         )
-        conn.execute(
-            update(_LOT)
-            .where(_LOT.c.id == bindparam("lot_id"))
-            .values(remaining=bindparam("left")),
-            [
-                {"lot_id": lot.id, "left": lot.remaining}
-                for customer_lots in lots.values()
-                for lot in customer_lots
-                if lot.taken
-            ],
-        )
+        _set_remaining(
+            conn,
+            [(lot.id, lot.remaining) for customer_lots in lots.values()
+             for lot in customer_lots if lot.taken],
+        )  # fmt: skip
     return outcomes
+
+
+def _set_remaining(conn: Connection, pairs: list[tuple[int, int]]) -> None:
+    """The lots' new ``remaining``: one statement on PostgreSQL (an UPDATE per
+    lot would also run the facts trigger once per lot), an executemany on
+    SQLite (its triggers are row-level anyway)."""
+    if not pairs:
+        return
+    if conn.dialect.name == "postgresql":
+        conn.execute(
+            text(
+                "UPDATE points_lot SET remaining = v.remaining"
+                " FROM unnest(CAST(:ids AS bigint[]), CAST(:left AS integer[]))"
+                " AS v(id, remaining) WHERE points_lot.id = v.id"
+            ),
+            {"ids": [i for i, _ in pairs], "left": [n for _, n in pairs]},
+        )
+        return
+    conn.execute(
+        update(_LOT).where(_LOT.c.id == bindparam("lot_id")).values(remaining=bindparam("left")),
+        [{"lot_id": i, "left": n} for i, n in pairs],
+    )

@@ -29,14 +29,23 @@ from bisect import bisect
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import JSON, Connection, Engine, Table, func, select, text
 
+from ..db import facts as stored
+from ..db.bulk import (
+    add_foreign_keys,
+    create_indexes,
+    drop_foreign_keys,
+    drop_indexes,
+    load_rows,
+)
 from ..db.models import (
     Customer,
+    CustomerFacts,
     Interaction,
     PointsAllocation,
     PointsLot,
@@ -45,6 +54,7 @@ from ..db.models import (
 )
 from ..errors import EngageError
 from ..timeutil import ensure_utc
+from .loading import FIRST_LOAD_TABLES, deferred_indexes
 
 DAY = 86_400.0
 YEAR = 365 * DAY
@@ -221,6 +231,7 @@ TABLES: tuple[Table, ...] = tuple(
     m.__table__  # type: ignore[misc]
     for m in (Customer, Interaction, PointsLot, PointsRedemption, PointsAllocation)
 )
+_DEFERRED = list(FIRST_LOAD_TABLES.values())  # the tables whose first load defers indexes
 
 
 @dataclass
@@ -314,12 +325,12 @@ def _count(stats: SampleStats, buffers: Sequence[list[Row]], started: float,
 class _Writer:
     """Bulk-writes buffered rows whose instants are whole epoch seconds.
 
-    PostgreSQL: ``COPY ... FROM STDIN`` (text) on the transaction's own
-    connection. SQLite: one ``executemany`` of a plain INSERT, values converted
-    by the columns' own bind processors: the stored form of
-    ``conn.execute(table.insert(), rows)`` at a fraction of its per-row cost.
-    Instants are formatted straight into text on both (``UTCDateTime`` keeps
-    naive UTC text on SQLite), JSON encodings are remembered.
+    Through the loader that imports use (``engage.db.bulk.load_rows``): COPY on
+    PostgreSQL, multi-row INSERTs on SQLite, as a first full load (the tables
+    are empty): the deferred indexes (and PostgreSQL foreign keys) are built
+    at the end, and ``customer_facts`` rebuilt once instead of by the triggers
+    row by row. Instants are formatted straight into text (``UTCDateTime``
+    keeps naive UTC text on SQLite), JSON encodings are remembered.
     """
 
     @classmethod
@@ -339,21 +350,18 @@ class _Writer:
     def __init__(self, conn: Connection) -> None:
         self.conn, self.copy = conn, conn.dialect.name == "postgresql"
         self.restore = _tune(conn)
-        quote = conn.dialect.identifier_preparer
-        self.sql: dict[str, str] = {}
         self.convert: dict[str, list[Callable[[Any], Any] | None]] = {}
         for table in TABLES:
-            cols = COLUMNS[table.name]
-            names = ", ".join(quote.quote(c) for c in cols)
-            if self.copy:
-                self.sql[table.name] = f"COPY {quote.format_table(table)} ({names}) FROM STDIN"
-            else:
-                marks = ", ".join("?" * len(cols))
-                self.sql[table.name] = (
-                    f"INSERT INTO {quote.format_table(table)} ({names}) VALUES ({marks})"
-                )
             instant = _instant_text("+00" if self.copy else ".000000")
-            self.convert[table.name] = [self._converter(table.c[c], instant) for c in cols]
+            self.convert[table.name] = [
+                self._converter(table.c[c], instant) for c in COLUMNS[table.name]
+            ]
+        with conn.begin():  # a first full load: see engage.ingest.loading
+            self.rule = stored.installed_rule(conn)
+            for table in _DEFERRED:
+                drop_indexes(conn, deferred_indexes(table))
+                drop_foreign_keys(conn, table)
+            stored.invalidate(conn, self.rule, self.now())
 
     def _converter(
         self, column: Any, instant: Callable[[int], str]
@@ -368,16 +376,27 @@ class _Writer:
             return _remember_json(process)
         return process
 
+    @staticmethod
+    def now() -> datetime:
+        return datetime.now(UTC)
+
     def write_batch(self, buffers: tuple[list[Row], ...]) -> tuple[list[Row], ...]:
         """All tables' rows of one batch in one transaction, parents first."""
-        with self.conn.begin():
+        with self.conn.begin(), stored.facts_paused(self.conn):
             for table, rows in zip(TABLES, buffers, strict=True):
                 if rows:
                     self.write(table, rows)
         return buffers
 
     def finish(self) -> None:
-        _finish(self.conn)
+        """The deferred indexes and foreign keys, then the facts, then statistics."""
+        conn = self.conn
+        with conn.begin():
+            create_indexes(conn, [ix for t in _DEFERRED for ix in deferred_indexes(t)])
+            add_foreign_keys(conn, _DEFERRED)
+        with conn.begin():
+            stored.rebuild(conn, self.rule, self.now())
+        _finish(conn)
 
     def close(self) -> None:
         try:
@@ -393,13 +412,7 @@ class _Writer:
             for f, col in zip(self.convert[table.name], zip(*rows, strict=True), strict=True)
         ]
         values = list(zip(*columns, strict=True))
-        if not self.copy:
-            self.conn.exec_driver_sql(self.sql[table.name], values)
-            return
-        raw: Any = self.conn.connection.driver_connection
-        with raw.cursor() as cur, cur.copy(self.sql[table.name]) as copy:
-            for row in values:
-                copy.write_row(row)
+        load_rows(self.conn, table, COLUMNS[table.name], values, converted=True)
 
 
 def _remember_json(encode: Callable[[Any], Any]) -> Callable[[dict[str, Any]], Any]:
@@ -459,7 +472,8 @@ def _finish(conn: Connection) -> None:
                 select(func.setval(func.pg_get_serial_sequence(table.name, "id"),
                                    select(func.max(table.c.id)).scalar_subquery()))
             )
-        conn.execute(text("ANALYZE " + ", ".join(quote.format_table(t) for t in TABLES)))
+        analyzed = (*TABLES, CustomerFacts.__table__)
+        conn.execute(text("ANALYZE " + ", ".join(quote.format_table(t) for t in analyzed)))
 
 
 def _poisson(rng: random.Random, lam: float) -> int:

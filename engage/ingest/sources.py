@@ -1,19 +1,21 @@
 """Streaming CSV/JSONL readers with physical line numbers, and rejects writers.
 
-Files are read as bytes one line at a time and decoded per line, so a bad
-byte sequence rejects one row instead of aborting the file, the byte count
+Files are decoded as UTF-8 by the C-level text layer with invalid bytes kept
+as escapes, so a bad byte sequence rejects one row instead of aborting the
+file (and goes back to the rejects file byte for byte); the byte position
 drives the progress bar, and nothing but the current batch is in memory.
 """
 
 from __future__ import annotations
 
-import codecs
 import csv
 import gzip
+import io
 import json
 import os
+import re
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +26,7 @@ from .fields import COLUMNS, REQUIRED, RowInvalid
 
 FORMATS = ("csv", "jsonl")
 _FORMAT_ALIASES = {"csv": "csv", "jsonl": "jsonl", "ndjson": "jsonl"}
+_ESCAPED = re.compile("[\udc80-\udcff]")  # bytes that were not UTF-8 (surrogateescape)
 
 
 @dataclass(slots=True)
@@ -35,6 +38,8 @@ class SourceRow:
     data: dict[str, Any]
     raw: Any = None
     error: RowInvalid | None = None
+    quote_line: int | None = None  # CSV: a record spanning lines; where its quote opened
+    end_line: int | None = None  # and its last line
 
 
 def infer_format(path: str, fmt: str | None) -> str:
@@ -54,18 +59,27 @@ def infer_format(path: str, fmt: str | None) -> str:
 
 @dataclass
 class Input:
-    stream: Iterable[bytes]
+    text: IO[str]  # UTF-8 (BOM dropped), undecodable bytes as surrogate escapes
     name: str  # how errors name the file
     size: int | None  # bytes on disk, for progress; None for stdin
     position: Callable[[], int]  # bytes consumed so far (of ``size``)
+    reopen: Callable[[], IO[str]] | None = None  # a fresh text stream (not for stdin)
+
+
+def _text(binary: IO[bytes]) -> IO[str]:
+    return io.TextIOWrapper(
+        binary,  # type: ignore[arg-type]
+        encoding="utf-8-sig",
+        errors="surrogateescape",
+        newline="",
+    )
 
 
 @contextmanager
 def open_input(path: str) -> Iterator[Input]:
     """Open a file (or ``-`` for stdin, ``.gz`` transparently) for streaming."""
     if path == "-":
-        lines = _CountingStream(sys.stdin.buffer)
-        yield Input(lines, "<stdin>", None, lambda: lines.count)
+        yield Input(_text(sys.stdin.buffer), "<stdin>", None, lambda: 0)
         return
     p = Path(path)
     if not p.exists():
@@ -76,49 +90,30 @@ def open_input(path: str) -> Iterator[Input]:
         raw = p.open("rb")
     except OSError as exc:
         raise EngageError(f"{path}: cannot read: {exc.strerror}") from None
+    gz = path.lower().endswith(".gz")
+
+    def reopen() -> IO[str]:
+        return _text(gzip.open(p, "rb") if gz else p.open("rb"))  # type: ignore[arg-type]
+
     with raw:
         size = os.fstat(raw.fileno()).st_size
-        if path.lower().endswith(".gz"):
-            yield Input(gzip.GzipFile(fileobj=raw, mode="rb"), path, size, raw.tell)
-        else:
-            counting = _CountingStream(raw)
-            yield Input(counting, path, size, lambda: counting.count)
-
-
-class _CountingStream:
-    """Binary line iterator that counts the bytes it handed out."""
-
-    def __init__(self, stream: IO[bytes]):
-        self._stream = stream
-        self.count = 0
-
-    def __iter__(self) -> Iterator[bytes]:
-        for line in self._stream:
-            self.count += len(line)
-            yield line
-
-
-def _decoded(stream: Iterable[bytes], bad: set[int]) -> Iterator[str]:
-    """UTF-8 lines (BOM dropped); the numbers of undecodable lines go to ``bad``."""
-    for lineno, line in enumerate(stream, start=1):
-        if lineno == 1:
-            line = line.removeprefix(codecs.BOM_UTF8)
-        try:
-            yield line.decode("utf-8")
-        except UnicodeDecodeError:
-            bad.add(lineno)
-            yield line.decode("utf-8", "replace")
-
-
-_NOT_UTF8 = RowInvalid("encoding", "not valid UTF-8 text")
+        binary: IO[bytes] = gzip.GzipFile(fileobj=raw, mode="rb") if gz else raw  # type: ignore[assignment]
+        yield Input(_text(binary), path, size, raw.tell, reopen)
 
 
 class CsvSource:
-    """CSV with a header row (line 1). Header names match case-insensitively."""
+    """CSV with a header row (line 1). Header names match case-insensitively.
+
+    Read strictly: a quote that is never closed is an error naming the line
+    where it opened (a lenient reader would swallow the rest of the file into
+    one value), and so is text after a closing quote. Records may span lines
+    (quoted line breaks); ``SourceRow.quote_line`` then says where the quote
+    that spans them opened, for the errors of values that must not hold one.
+    """
 
     def __init__(self, inp: Input, kind: str):
-        self._bad: set[int] = set()
-        self._reader = csv.reader(_decoded(inp.stream, self._bad))
+        self._reopen = inp.reopen
+        self._reader = csv.reader(inp.text, strict=True)
         try:
             self.header = next(self._reader)
         except StopIteration:
@@ -144,7 +139,7 @@ class CsvSource:
             )
 
     def __iter__(self) -> Iterator[SourceRow]:
-        reader, width = self._reader, len(self.columns)
+        reader, width, columns = self._reader, len(self.columns), self.columns
         prev = reader.line_num
         while True:
             try:
@@ -152,19 +147,68 @@ class CsvSource:
             except StopIteration:
                 return
             except csv.Error as exc:
-                yield SourceRow(prev + 1, {}, [], RowInvalid("csv", str(exc)))
-                prev = reader.line_num
+                start, end = prev + 1, reader.line_num
+                yield SourceRow(start, {}, [], self._error(exc, start, end))
+                prev = end
                 continue
             start, prev = prev + 1, reader.line_num
-            if not any(c.strip() for c in cells):
+            joined = "".join(cells)
+            if not joined.strip():
                 continue  # blank line, or a row of empty cells
-            if self._bad and any(n in self._bad for n in range(start, prev + 1)):
+            if not joined.isascii() and _ESCAPED.search(joined):
                 yield SourceRow(start, {}, cells, _NOT_UTF8)
             elif len(cells) != width:
                 why = f"expected {width} cells as in the header, found {len(cells)}"
+                if prev > start:
+                    why += f" (is the quote opened on line {start} closed where it should be?)"
                 yield SourceRow(start, {}, cells, RowInvalid("csv", why))
+            elif prev > start:  # quoted line breaks
+                yield SourceRow(
+                    start, dict(zip(columns, cells, strict=True)), cells, None, start, prev
+                )
             else:
-                yield SourceRow(start, dict(zip(self.columns, cells, strict=True)), cells)
+                yield SourceRow(start, dict(zip(columns, cells, strict=True)), cells)
+
+    def _error(self, exc: csv.Error, start: int, end: int) -> RowInvalid:
+        text = str(exc)
+        if "unexpected end of data" in text:
+            return RowInvalid(
+                "csv",
+                f"the quote opened on line {self._open_quote(start, end)} is never closed:"
+                f" lines {start}-{end} (to the end of the file) were not imported",
+            )
+        if "field larger than field limit" in text:
+            # Python's csv stops a value at 128 KiB: a quote left open swallows
+            # lines until then, and reading resumes at the next line.
+            return RowInvalid(
+                "csv",
+                f"a value longer than {csv.field_size_limit():,} characters: is the quote"
+                f" opened on line {self._open_quote(start, end)} closed? Lines {start}-{end}"
+                " were not imported",
+            )
+        return RowInvalid("csv", text)
+
+    def _open_quote(self, start: int, end: int) -> int:
+        """The line where the quote still open at line ``end`` opened (read
+        again from the file; the record's first line for stdin)."""
+        if self._reopen is None:
+            return start
+        inside, opened = False, start
+        with self._reopen() as text:
+            for n, line in enumerate(text, start=1):
+                if n < start:
+                    continue
+                if n > end:
+                    break
+                for ch in line:
+                    if ch == '"':
+                        inside = not inside
+                        if inside:
+                            opened = n
+        return opened
+
+
+_NOT_UTF8 = RowInvalid("encoding", "not valid UTF-8 text")
 
 
 def _no_constants(name: str) -> Any:
@@ -175,18 +219,18 @@ class JsonlSource:
     """One JSON object per line; blank lines are skipped."""
 
     def __init__(self, inp: Input, kind: str):
-        self._stream = inp.stream
+        self._text = inp.text
 
     def __iter__(self) -> Iterator[SourceRow]:
-        bad: set[int] = set()
-        for lineno, text in enumerate(_decoded(self._stream, bad), start=1):
+        loads = json.loads
+        for lineno, text in enumerate(self._text, start=1):
             if not text.strip():
                 continue
-            if lineno in bad:
+            if not text.isascii() and _ESCAPED.search(text):
                 yield SourceRow(lineno, {}, text.rstrip("\r\n"), _NOT_UTF8)
                 continue
             try:
-                obj = json.loads(text, parse_constant=_no_constants)
+                obj = loads(text, parse_constant=_no_constants)
             except ValueError as exc:
                 yield SourceRow(lineno, {}, text.rstrip("\r\n"), RowInvalid("json", str(exc)))
                 continue
@@ -237,7 +281,8 @@ def open_rejects(
     """Create (or truncate) the rejects file, even when nothing is rejected,
     so a stale file from an earlier run never survives."""
     try:
-        fh = open(path, "w", encoding="utf-8", newline="")  # noqa: SIM115
+        # surrogateescape: rows with bytes that were not UTF-8 go back as they were
+        fh = open(path, "w", encoding="utf-8", errors="surrogateescape", newline="")  # noqa: SIM115
     except OSError as exc:
         raise EngageError(f"{path}: cannot write rejects: {exc.strerror}") from None
     with fh:
