@@ -32,6 +32,7 @@ from engage.campaigns.audience import audience_ids, count_audience
 from engage.campaigns.schema import Audience
 from engage.customers.facts import FACTS, facts_reading
 from engage.db.models import UTCDateTime
+from engage.ingest.sample import KINDS as SAMPLE_KINDS
 
 from .common import Context, Result, best_of, load_avg
 
@@ -52,7 +53,7 @@ QUIET_AT_1M_S = 1.0  # quiet_for: 30d, count, SQLite
 # names the engaged kinds of the data set, so the (kind, occurred_at) index
 # serves each one as a range.
 _ENGAGED = "i.kind <> 'email_open'"
-_KINDS = "i.kind IN ('visit', 'order', 'email_click', 'support', 'sms_reply')"
+_KINDS = "i.kind IN (" + ", ".join(f"'{k}'" for k in SAMPLE_KINDS if k != "email_open") + ")"
 
 _QUIET_PROBES = f"""
     c.created_at <= :as_of
