@@ -43,7 +43,7 @@ from sqlalchemy import Connection, Engine, Table, make_url, text
 from engage.customers.facts import rule_of
 from engage.db import facts as stored
 from engage.db import make_engine, upgrade
-from engage.db.bulk import (
+from engage.db.load import (
     add_foreign_keys,
     create_indexes,
     drop_foreign_keys,

@@ -289,7 +289,7 @@ def test_generated_data_has_its_indexes_and_current_facts(
     """The generator loads as a first full load (indexes and facts built at
     the end): afterwards nothing is missing and the facts are the log's."""
     from engage.db import facts
-    from engage.db.bulk import missing_indexes
+    from engage.db.load import missing_indexes
     from engage.ingest.loading import FIRST_LOAD_TABLES
     from tests.test_facts import recomputed, snapshot
 

@@ -21,7 +21,7 @@ from datetime import datetime
 from sqlalchemy import Connection, Index, Table, select
 
 from ..db import facts as stored
-from ..db.bulk import (
+from ..db.load import (
     add_foreign_keys,
     create_indexes,
     drop_foreign_keys,

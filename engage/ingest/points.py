@@ -18,7 +18,8 @@ from typing import Any
 
 from sqlalchemy import Connection, Table, bindparam, insert, select, text, update
 
-from ..db.bulk import in_values, load_rows
+from ..db.bulk import in_values
+from ..db.load import load_rows
 from ..db.models import PointsAllocation, PointsLot, PointsRedemption
 from .fields import EarnRec, RedeemRec, RowInvalid
 from .store import (

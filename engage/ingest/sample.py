@@ -36,7 +36,7 @@ from typing import Any
 from sqlalchemy import JSON, Connection, Engine, Table, func, select, text
 
 from ..db import facts as stored
-from ..db.bulk import (
+from ..db.load import (
     add_foreign_keys,
     create_indexes,
     drop_foreign_keys,
@@ -325,7 +325,7 @@ def _count(stats: SampleStats, buffers: Sequence[list[Row]], started: float,
 class _Writer:
     """Bulk-writes buffered rows whose instants are whole epoch seconds.
 
-    Through the loader that imports use (``engage.db.bulk.load_rows``): COPY on
+    Through the loader that imports use (``engage.db.load.load_rows``): COPY on
     PostgreSQL, multi-row INSERTs on SQLite, as a first full load (the tables
     are empty): the deferred indexes (and PostgreSQL foreign keys) are built
     at the end, and ``customer_facts`` rebuilt once instead of by the triggers

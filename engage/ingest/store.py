@@ -3,7 +3,7 @@
 Each writer reads the rows the batch may touch in one query, merges in
 Python (sequentially, so duplicates inside a batch resolve as "last one
 wins"), and writes every new or changed row with the bulk loader
-(``engage.db.bulk.load_rows``: COPY and one ``INSERT ... ON CONFLICT`` on
+(``engage.db.load.load_rows``: COPY and one ``INSERT ... ON CONFLICT`` on
 PostgreSQL, multi-row upserts on SQLite). Reading first is what lets us
 report inserted / updated / unchanged honestly on both backends, and skip
 the write entirely when a re-import changes nothing.
@@ -23,7 +23,8 @@ from typing import Any
 from sqlalchemy import Connection, Table, select
 
 from ..db import facts as stored
-from ..db.bulk import in_values, load_rows
+from ..db.bulk import in_values
+from ..db.load import load_rows
 from ..db.models import Customer, Interaction
 from .fields import CUSTOMER_FIELDS, CustomerRec, InteractionRec, RowInvalid
 
