@@ -600,6 +600,55 @@ def test_a_message_whose_window_opens_after_it_expires_is_expired_now(
     assert statuses(engine)[mid][0] == "expired"
 
 
+class RunningClock:
+    """The dispatcher's clock: ``at`` when first read, then running at ``speed``
+    simulated seconds per real second."""
+
+    def __init__(self, at: datetime, speed: float) -> None:
+        self.at, self.speed, self.t0 = at, speed, None
+
+    def __call__(self) -> datetime:
+        self.t0 = self.t0 or time.monotonic()
+        return self.at + timedelta(seconds=(time.monotonic() - self.t0) * self.speed)
+
+
+def test_a_rate_limit_holding_messages_past_the_window_defers_them(
+    engine: Engine, tmp_path: Path, twilio: FakeTwilio
+) -> None:
+    """Prepared inside the window, then held back by the rate limit until it
+    closed: checked again at the start of each request, they wait for the next
+    opening instead of going out at night."""
+    config = make_config(
+        tmp_path,
+        channels={
+            "email": "file",
+            "sms": "twilio",
+            "file": {"dir": str(tmp_path / "outbox")},
+            "twilio": {"api_base": twilio.url, "from_number": "+12025550100", "rate_per_second": 10},
+        },
+        secrets={"TWILIO_ACCOUNT_SID": TW_SID, "TWILIO_AUTH_TOKEN": TW_TOKEN},
+    )
+    start = datetime(2026, 6, 15, 19, 59, tzinfo=UTC)  # the SMS window ends at 20:00
+    for n in range(20):
+        cid = add_customer(engine, f"c{n}", phone=f"+1202555{n:04d}", sms_opt_in=True)
+        add_message(engine, cid, channel="sms", send_after=start, key=f"k{n}")
+    clock = RunningClock(start, speed=60)  # a simulated minute per real second
+    d = dispatcher(engine, config, clock)
+    try:
+        d.run_once(start)  # 10 requests/s, a minute per second: half start after 20:00
+    finally:
+        d.close()
+    got = rows(engine).values()
+    sent = [r for r in got if r.status == "sent"]
+    waiting = [r for r in got if r.status == "planned"]
+    assert sent and waiting and len(sent) + len(waiting) == 20
+    close = datetime(2026, 6, 15, 20, 0, tzinfo=UTC)
+    # started before 20:00 (sent_at is read when the answer is back: a loaded machine may lag)
+    assert all(r.sent_at < close + timedelta(seconds=30) for r in sent)
+    assert {r.send_after for r in waiting} == {datetime(2026, 6, 16, 9, 0, tzinfo=UTC)}
+    assert len(twilio.requests) == len(sent)
+
+
 ZONES = [
     "UTC",
     "Asia/Kolkata",

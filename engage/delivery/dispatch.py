@@ -59,7 +59,7 @@ from ..planning import suppressions
 from ..templating.renderer import Renderer
 from ..timeutil import utcnow
 from .channels.base import Channel
-from .prepare import Outcome, Ready, outcome, prepare
+from .prepare import Outcome, Ready, outcome, prepare, recheck
 
 log = logging.getLogger(__name__)
 
@@ -391,10 +391,17 @@ class _Run:
         seconds until it lets one more go."""
         batch: list[Ready] = []
         limited: float | None = None
+        now = self.d.clock()
         for kind, pending in self.ready.items():
             bucket = self.d.buckets[kind]
             n = bucket.take(min(len(pending), room))
-            batch += [pending.popleft() for _ in range(n)]
+            for _ in range(n):
+                item = pending.popleft()
+                late = recheck(item, now)  # held back past its window or expiry?
+                if late is None:
+                    batch.append(item)
+                else:
+                    self.finished.append(late)
             room -= n
             if pending and room > 0:  # held back by the rate limit
                 wait = bucket.wait()

@@ -64,10 +64,13 @@ def outcome(msg: ClaimedRow, state: State, error: str | None = None, **values: A
 
 @dataclass(frozen=True)
 class Ready:
-    """A message that passed the send-time checks and is rendered."""
+    """A message that passed the send-time checks and is rendered; ``timezone``
+    and ``window`` let ``recheck`` ask again just before its request starts."""
 
     msg: ClaimedRow
     outgoing: Outgoing
+    timezone: str = "UTC"
+    window: Window | None = None
 
 
 @dataclass(frozen=True)
@@ -148,14 +151,9 @@ def _prepare_one(
     if reason is not None or not address:
         return outcome(msg, State.CANCELLED, f"at send time: {reason}")
     window = effective_window(msg.channel, campaign.window, config)
-    opens = next_opening(now, recipient.timezone, window)
-    if opens > now:
-        if msg.expires_at is not None and opens >= msg.expires_at:
-            return outcome(
-                msg, State.EXPIRED, "its send window opens after its campaign's expires_after"
-            )
-        values = {"send_after": opens, "next_attempt_at": None}
-        return Outcome(msg, waiting(msg.attempts), "deferred", values, "send window closed")
+    late = _timing(msg, recipient.timezone, window, now)
+    if late is not None:
+        return late
     try:
         if msg.channel == "email":
             email = renderer.render_email(
@@ -178,7 +176,29 @@ def _prepare_one(
             )
     except EngageError as exc:
         return outcome(msg, State.RENDER_ERROR, str(exc), address=address)
-    return Ready(msg, outgoing)
+    return Ready(msg, outgoing, recipient.timezone, window)
 
 
-__all__ = ["Outcome", "Ready", "outcome", "prepare"]
+def recheck(item: Ready, now: datetime) -> Outcome | None:
+    """The checks that depend on the clock alone (expiry, the send window),
+    again at ``now``, just before the request starts: a rate limit or a full
+    pool may have held a prepared message past its window's end. ``None``: send."""
+    if item.window is None:
+        return None
+    return _timing(item.msg, item.timezone, item.window, now)
+
+
+def _timing(msg: ClaimedRow, timezone: str, window: Window, now: datetime) -> Outcome | None:
+    if msg.expires_at is not None and now >= msg.expires_at:
+        return outcome(msg, State.EXPIRED, "not sent before its campaign's expires_after")
+    opens = next_opening(now, timezone, window)
+    if opens <= now:
+        return None
+    if msg.expires_at is not None and opens >= msg.expires_at:
+        reason = "its send window opens after its campaign's expires_after"
+        return outcome(msg, State.EXPIRED, reason)
+    values = {"send_after": opens, "next_attempt_at": None}
+    return Outcome(msg, waiting(msg.attempts), "deferred", values, "send window closed")
+
+
+__all__ = ["Outcome", "Ready", "outcome", "prepare", "recheck"]
