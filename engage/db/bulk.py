@@ -38,8 +38,8 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.sql.selectable import CompoundSelect, Select
-from sqlalchemy.sql.visitors import InternalTraversal
 
 from ..timeutil import ensure_utc
 
@@ -276,28 +276,20 @@ class _ValueList(TypeDecorator[list[Any]]):
         return json.dumps(items, default=_json_default)
 
 
-class _InValues(ColumnElement[bool]):
-    """``column IN (values)``, compiled per dialect (see ``in_values``).
+class _InValues(FunctionElement[bool]):
+    """``column IN (values)``, compiled per dialect (see ``in_values``): a
+    function element of two arguments, the column and the bound list, which
+    is SQLAlchemy's public way to a custom construct that its statement cache
+    can key (``inherit_cache``; the arguments are traversed like any others).
 
     The values are a bound parameter, not part of the statement, so a query
     using this compiles once and comes from SQLAlchemy's cache afterwards
     (a planner batch, a dispatch batch: the same statement with another list).
     """
 
-    inherit_cache = True
+    name = "in_values"
     type = Boolean()
-    _traverse_internals = [
-        ("column", InternalTraversal.dp_clauseelement),
-        ("param", InternalTraversal.dp_clauseelement),
-    ]
-
-    def __init__(self, column: ColumnElement[Any], values: Sequence[Any]) -> None:
-        self.column = column
-        self.param = bindparam(None, list(values), type_=_ValueList(column.type))
-
-    @property
-    def _from_objects(self) -> list[Any]:  # type: ignore[override]
-        return self.column._from_objects
+    inherit_cache = True
 
     def self_group(self, against: Any = None) -> Any:
         # Already a predicate: without this, SQLite (no native booleans) would get
@@ -305,21 +297,28 @@ class _InValues(ColumnElement[bool]):
         return self
 
 
+def _args(element: FunctionElement[Any]) -> list[Any]:
+    return list(element.clauses)
+
+
 @compiles(_InValues)
 def _in_values_default(element: _InValues, compiler: Any, **kw: Any) -> str:
     # str(query) and other dialects: a plain IN of the one bound list.
-    return str(compiler.process(element.column.in_(element.param), **kw))
+    col, param = _args(element)
+    return str(compiler.process(col.in_(param), **kw))
 
 
 @compiles(_InValues, "sqlite")
 def _in_values_sqlite(element: _InValues, compiler: Any, **kw: Any) -> str:
-    values: Any = select(column("value")).select_from(func.json_each(element.param))
-    return str(compiler.process(element.column.in_(values.scalar_subquery()), **kw))
+    col, param = _args(element)
+    values: Any = select(column("value")).select_from(func.json_each(param))
+    return str(compiler.process(col.in_(values.scalar_subquery()), **kw))
 
 
 @compiles(_InValues, "postgresql")
 def _in_values_pg(element: _InValues, compiler: Any, **kw: Any) -> str:
-    return str(compiler.process(element.column == any_(element.param), **kw))
+    col, param = _args(element)
+    return str(compiler.process(col == any_(param), **kw))
 
 
 def in_values(column: ColumnElement[Any], values: Sequence[Any]) -> ColumnElement[bool]:
@@ -331,32 +330,24 @@ def in_values(column: ColumnElement[Any], values: Sequence[Any]) -> ColumnElemen
     ``IN (SELECT value FROM json_each(:json))``: also one parameter, where an
     ``IN`` list makes SQLAlchemy expand and process a placeholder per value.
     """
-    return _InValues(column, values)
+    return _InValues(column, bindparam(None, list(values), type_=_ValueList(column.type)))
 
 
-class _NoIndex(ColumnElement[Any]):
+class _NoIndex(FunctionElement[Any]):
     """A column the query planner must not pick an index for (see ``no_index``)."""
 
+    name = "no_index"
     inherit_cache = True
-    _traverse_internals = [("column", InternalTraversal.dp_clauseelement)]
-
-    def __init__(self, column: ColumnElement[Any]) -> None:
-        self.column = column
-        self.type = column.type
-
-    @property
-    def _from_objects(self) -> list[Any]:  # type: ignore[override]
-        return self.column._from_objects
 
 
 @compiles(_NoIndex)
 def _no_index_default(element: _NoIndex, compiler: Any, **kw: Any) -> str:
-    return str(compiler.process(element.column, **kw))
+    return str(compiler.process(_args(element)[0], **kw))
 
 
 @compiles(_NoIndex, "sqlite")
 def _no_index_sqlite(element: _NoIndex, compiler: Any, **kw: Any) -> str:
-    return "+" + str(compiler.process(element.column, **kw))
+    return "+" + str(compiler.process(_args(element)[0], **kw))
 
 
 def no_index(column: ColumnElement[Any]) -> ColumnElement[Any]:
@@ -369,4 +360,6 @@ def no_index(column: ColumnElement[Any]) -> ColumnElement[Any]:
     e.g. ``message.status = 'planned'``, which scans every planned message of
     the outbox instead of probing the batch's customers.
     """
-    return _NoIndex(column)
+    element = _NoIndex(column)
+    element.type = column.type  # reads as the column does
+    return element
