@@ -107,6 +107,36 @@ def test_validate_reports_out_of_range_durations_and_dates_at_their_line(proj: P
         )
 
 
+def test_validate_reports_numbers_the_database_cannot_hold_at_their_line(proj: Path) -> None:
+    """A threshold beyond its column (or a 64-bit integer) used to pass validate
+    and then fail the campaign in SQL with an OverflowError."""
+    winback = proj / "campaigns" / "winback-30d.yaml"
+    winback.write_text(
+        winback.read_text().replace(
+            "  min_orders: 1              # bought at least once",
+            "  min_orders: 99999999999999999999\n"
+            "  min_points_balance: 2147483648\n"
+            "  min_lifetime_value: 1000000000000\n"
+            "  where: {visits: 9223372036854775808, score: .inf}",
+        )
+    )
+    proc = engage("validate", cwd=proj, env=clean_env(ENGAGE_SECRET_KEY=SECRET), code=1)
+    shown = "campaigns/winback-30d.yaml"
+    for needle, field, why in (
+        ("min_orders:", "audience.min_orders", "less than or equal to 2147483647"),
+        ("min_points_balance:", "audience.min_points_balance", "less than or equal to 2147483647"),
+        ("min_lifetime_value:", "audience.min_lifetime_value", "at most 999,999,999,999.99"),
+        ("where:", "audience.where", "visits: 9223372036854775808 is beyond a 64-bit"),
+    ):
+        line = _line_of(winback, needle)
+        assert re.search(
+            rf"{shown}:{line}:\d+: {re.escape(field)}: .*{re.escape(why)}", proc.stdout
+        ), (
+            field,
+            proc.stdout,
+        )
+
+
 @pytest.mark.parametrize("when", ["9999-12-31", "0001-01-01", "2200-01-01T00:00:00Z"])
 def test_far_at_instants_are_one_line_errors_for_every_command(proj: Path, when: str) -> None:
     env = clean_env(ENGAGE_SECRET_KEY=SECRET)

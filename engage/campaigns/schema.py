@@ -82,6 +82,8 @@ def _money(value: Any) -> Any:
         raise ValueError(f"expected an amount such as 250 or 99.90, got {value!r}") from None
     if not amount.is_finite() or amount < 0:
         raise ValueError(f"expected a non-negative amount, got {value!r}")
+    if amount > MAX_MONEY:
+        raise ValueError(f"expected an amount of at most {MAX_MONEY:,}, got {value!r}")
     return amount
 
 
@@ -121,6 +123,12 @@ def _reentry(value: Any) -> Any:
 
 
 _SCALARS = (str, int, float, bool)
+# What the database can hold: money is NUMERIC(14, 2), counts and points are
+# INTEGER; an attribute compared in SQL is at most a 64-bit integer. Beyond
+# these a value would pass validate and then fail in the database.
+MAX_MONEY = Decimal("999999999999.99")
+MAX_COUNT = 2**31 - 1
+_MAX_INT64 = 2**63 - 1
 
 
 def _where(value: Any) -> Any:
@@ -140,6 +148,10 @@ def _where(value: Any) -> Any:
                 raise ValueError(
                     f"{key}: expected text, a number, true/false or a list of those, got {item!r}"
                 )
+            if isinstance(item, int) and not isinstance(item, bool) and abs(item) > _MAX_INT64:
+                raise ValueError(f"{key}: {item} is beyond a 64-bit whole number")
+            if isinstance(item, float) and not math.isfinite(item):
+                raise ValueError(f"{key}: expected a finite number, got {item!r}")
     return value
 
 
@@ -176,10 +188,10 @@ class Audience(_Strict):
     quiet_for: PositiveDuration | None = None
     active_within: PositiveDuration | None = None
     points_expiring_within: PositiveDuration | None = None
-    min_expiring_points: StrictInt | None = Field(None, ge=1)
-    min_points_balance: StrictInt | None = Field(None, ge=0)
-    min_orders: StrictInt | None = Field(None, ge=0)
-    max_orders: StrictInt | None = Field(None, ge=0)
+    min_expiring_points: StrictInt | None = Field(None, ge=1, le=MAX_COUNT)
+    min_points_balance: StrictInt | None = Field(None, ge=0, le=MAX_COUNT)
+    min_orders: StrictInt | None = Field(None, ge=0, le=MAX_COUNT)
+    max_orders: StrictInt | None = Field(None, ge=0, le=MAX_COUNT)
     min_lifetime_value: Annotated[Decimal | None, BeforeValidator(_money)] = None
     tiers: list[StrictStr] | None = None
     where: Where = None
