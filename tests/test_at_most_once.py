@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -19,6 +18,7 @@ from engage.testing import FakeSendGrid
 from engage.timeutil import utcnow
 
 from .helpers import SECRET, add_customer, add_interaction, midday_zone
+from .installed import ENGAGE as INSTALLED_ENGAGE
 from .test_cli import run
 
 
@@ -51,7 +51,7 @@ def _scenario(engine: Engine, proj: Path, db_url: str) -> None:
             "ENGAGE_DISPATCH__LEASE": "1m",
         }
         proc = subprocess.Popen(
-            [sys.executable, "-m", "engage", "send", "winback-30d", "--yes", "--at", AT],
+            [INSTALLED_ENGAGE, "send", "winback-30d", "--yes", "--at", AT],
             cwd=proj,
             env=env,
             stdout=subprocess.PIPE,

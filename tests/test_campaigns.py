@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import textwrap
 from datetime import date, timedelta
 from decimal import Decimal
@@ -29,6 +28,8 @@ from engage.campaigns.schema import Campaign
 from engage.campaigns.validate import validate_path, validate_project
 from engage.config import Config, load_config
 from engage.errors import ValidationFailed
+
+from .installed import ENGAGE as INSTALLED_ENGAGE
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES = ("winback", "points-expiring", "vip-thanks")
@@ -573,7 +574,7 @@ def engage(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ENGAGE_")}
     env["ENGAGE_SECRET_KEY"] = "test-secret-key-0123456789abcdef"
     return subprocess.run(
-        [sys.executable, "-m", "engage", *args],
+        [INSTALLED_ENGAGE, *args],
         cwd=cwd,
         env=env,
         capture_output=True,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from email import policy
 from email.parser import BytesParser
 from pathlib import Path
@@ -13,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from .helpers import SECRET
+from .installed import ENGAGE as INSTALLED_ENGAGE
 
-ENGAGE = [sys.executable, "-m", "engage"]
+ENGAGE = [INSTALLED_ENGAGE]
 
 
 def run(

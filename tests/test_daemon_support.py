@@ -7,7 +7,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -25,8 +24,9 @@ from engage.db.models import CampaignRun, Customer, Message
 from engage.testing import FakeSendGrid
 
 from .helpers import ROOT, SECRET
+from .installed import ENGAGE as INSTALLED_ENGAGE
 
-ENGAGE = [sys.executable, "-m", "engage"]
+ENGAGE = [INSTALLED_ENGAGE]
 API_KEY = "SG.daemon-test-key"
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from engage.planning.planner import plan_occurrence
 from engage.testing import FakeSendGrid, FakeTwilio
 
 from .helpers import ROOT, SECRET, add_message, midday_zone
+from .installed import ENGAGE as INSTALLED_ENGAGE
 from .test_cli import run
 
 SG_KEY = "SG.cli-test-key"
@@ -258,7 +258,7 @@ def test_concurrent_sends_of_one_campaign_agree_on_what_waits(tmp_path: Path, db
         _customers(engine, [awake, asleep] * 150)
         _campaign(proj, "blast", "0 0 1 1 *")
         at = now.replace(second=0, microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
-        cmd = [sys.executable, "-m", "engage", "send", "blast", "--at", at, "--yes"]
+        cmd = [INSTALLED_ENGAGE, "send", "blast", "--at", at, "--yes"]
         procs = [
             subprocess.Popen(cmd, cwd=proj, env=_env(db_url), stdout=subprocess.PIPE, text=True)
             for _ in range(2)

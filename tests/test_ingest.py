@@ -9,7 +9,6 @@ import gzip
 import json
 import os
 import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -22,6 +21,8 @@ from engage.config import Config
 from engage.db.models import Customer, Interaction, PointsAllocation, PointsLot, PointsRedemption
 from engage.errors import EngageError
 from engage.ingest import ImportResult, import_file, import_rows
+
+from .installed import ENGAGE as INSTALLED_ENGAGE
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 CONFIG = Config(default_phone_region="US")
@@ -475,7 +476,7 @@ def test_gzip_and_import_rows_for_the_api(engine: Engine, tmp_path: Path):
 def cli(tmp_path: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ENGAGE_")}
     return subprocess.run(
-        [sys.executable, "-m", "engage", "--config", str(tmp_path / "config.yaml"), *args],
+        [INSTALLED_ENGAGE, "--config", str(tmp_path / "config.yaml"), *args],
         capture_output=True,
         text=True,
         cwd=tmp_path,

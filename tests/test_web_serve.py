@@ -8,7 +8,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,10 +23,11 @@ from sqlalchemy import select
 from engage.db import make_engine
 from engage.db.models import Customer, Message, Suppression
 
+from .installed import ENGAGE as INSTALLED_ENGAGE
 from .test_cli import run
 from .webtools import API_TOKEN
 
-ENGAGE = [sys.executable, "-m", "engage"]
+ENGAGE = [INSTALLED_ENGAGE]
 
 
 def free_port() -> int:

@@ -13,7 +13,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -30,6 +29,7 @@ from engage.db import make_engine, upgrade
 from engage.db.models import CampaignRun, Interaction, Message, PointsLot
 
 from .helpers import ROOT, SECRET, add_customer
+from .installed import ENGAGE as INSTALLED_ENGAGE
 
 PASSWORD = "correct horse battery staple"
 # Wednesday March 4, 2026, 10:00 in New York (EST): US clocks go forward on
@@ -246,7 +246,7 @@ def cli(config: Path, *args: str) -> str:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ENGAGE_")}
     env["ENGAGE_SECRET_KEY"] = SECRET
     proc = subprocess.run(
-        [sys.executable, "-m", "engage", "--config", str(config), *args],
+        [INSTALLED_ENGAGE, "--config", str(config), *args],
         capture_output=True, text=True, timeout=120, env=env, cwd=config.parent,
     )
     assert proc.returncode == 0, proc.stderr
