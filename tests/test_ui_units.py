@@ -85,8 +85,13 @@ def test_throttle_counts_failures_per_address_within_the_window() -> None:
     assert t.blocked("1.2.3.4", now=120) and not t.blocked("5.6.7.8", now=120)
     assert not t.blocked("1.2.3.4", now=161)  # the window passed
     t.failed("5.6.7.8", now=200)
-    t.succeeded("5.6.7.8")
-    assert not t._failures.get("5.6.7.8")
+    t.failed("5.6.7.8", now=200)
+    t.succeeded("5.6.7.8")  # a success forgets the failures before it
+    t.failed("5.6.7.8", now=201)
+    t.failed("5.6.7.8", now=201)
+    assert not t.blocked("5.6.7.8", now=202)
+    t.failed("5.6.7.8", now=202)
+    assert t.blocked("5.6.7.8", now=203)
 
 
 # -- the calendar grid ------------------------------------------------------------------
