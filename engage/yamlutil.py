@@ -122,6 +122,15 @@ def dotted(loc: tuple[Any, ...]) -> str:
     return out
 
 
+# Keys that older releases accepted: say what became of them, not just "unknown".
+REMOVED_KEYS = {
+    "dispatch.helper_process": (
+        "removed: dispatch now hides provider latency with dispatch.workers requests in "
+        "flight in one process (docs/operations.md); delete this line"
+    ),
+}
+
+
 def problems_from_validation(
     exc: ValidationError, path: str, where: Where, prefix: tuple[Any, ...] = ()
 ) -> list[Problem]:
@@ -138,7 +147,7 @@ def problems_from_validation(
         line_col = locate(where, loc, key=is_extra)
         msg = err["msg"]
         if is_extra:
-            msg = "unknown key"
+            msg = REMOVED_KEYS.get(dotted(loc), "unknown key")
         elif msg.startswith("Value error, "):
             msg = msg[len("Value error, ") :]
         elif msg.startswith("Assertion failed, "):

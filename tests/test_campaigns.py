@@ -567,6 +567,16 @@ def test_validate_path_reports_a_bad_config_file(project: Project) -> None:
     assert report.summary() == "1 error"
 
 
+def test_a_removed_setting_says_what_became_of_it(project: Project) -> None:
+    (project.root / "config.yaml").write_text("dispatch:\n  helper_process: true\n")
+    report = validate_path(project.root / "config.yaml")
+    assert [str(p) for p in report.problems] == [
+        f"{project.root / 'config.yaml'}:2:3: dispatch.helper_process: removed: dispatch now "
+        "hides provider latency with dispatch.workers requests in flight in one process "
+        "(docs/operations.md); delete this line"
+    ]
+
+
 # ------------------------------------------------------------- engage validate
 
 
