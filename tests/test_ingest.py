@@ -601,3 +601,28 @@ def test_keys_repeated_across_batches_of_a_first_load(engine: Engine, tmp_path: 
     got = {r["external_id"]: r for r in rows(engine, Interaction)}
     assert got["e1"]["amount"] == Decimal("10.00")
     assert got["e1"]["attributes"] == {"channel": "app"}
+
+
+def test_progress_after_every_batch_and_log_lines_without_a_terminal(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    """The CLI's progress bar reads these (rows, bytes of the file, ETA); without
+    a terminal the same states become periodic import_progress log lines."""
+    from engage.ingest import ImportProgress, runner
+
+    seed_customers(engine, tmp_path, "c1")
+    body = "".join(f"c1,visit,2026-01-01T00:00:00Z,e{i}\n" for i in range(12_000))
+    path = write(tmp_path / "big.csv", "customer_id,kind,occurred_at,external_id\n" + body)
+    seen: list[ImportProgress] = []
+    monkeypatch.setattr(runner, "LOG_EVERY", 0.0)  # a line after every batch
+    with caplog.at_level("INFO", logger="engage"):
+        result = run(engine, "interactions", path, progress=seen.append, batch_size=5_000)
+    assert result.inserted == 12_000
+    assert [p.rows for p in seen] == [5_000, 10_000, 12_000]
+    assert all(p.bytes_total == os.path.getsize(path) for p in seen)
+    assert [p.bytes_done for p in seen] == sorted(p.bytes_done for p in seen)
+    assert seen[-1].fraction == 1.0 and seen[-1].eta == 0.0
+    assert 0 < seen[0].fraction < 1 and seen[0].eta is not None and seen[0].eta > 0
+    lines = [r for r in caplog.records if getattr(r, "event", None) == "import_progress"]
+    assert [r.rows for r in lines] == [5_000, 10_000, 12_000]  # type: ignore[attr-defined]
+    assert lines[-1].percent == 100.0  # type: ignore[attr-defined]
