@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Engine, delete, insert, select, update
+from sqlalchemy import Engine, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from engage.db import make_engine, upgrade
@@ -147,6 +147,32 @@ def test_leases_run_on_the_database_clock(engine: Engine) -> None:
     with engine.begin() as conn:
         lifecycle.claim(conn, token="t", owner="w", limit=1, lease=timedelta(minutes=5), due_by=NOW)
         assert lifecycle.expire_leases(conn) == (0, 0)
+    assert _status(engine) == {mid: "claimed"}
+
+
+def test_a_host_with_a_skewed_clock_agrees_on_leases(engine: Engine) -> None:
+    """PostgreSQL: a worker whose own clock is a day behind (or ahead) sets and
+    expires leases on the server's clock, so it neither steals a live worker's
+    messages nor holds a dead one's forever. (SQLite has one host: its process
+    clock is the database's.)"""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has no server clock: every process is on the same host")
+    from freezegun import freeze_time
+
+    mid = add_message(engine, add_customer(engine, "ann"))
+    with engine.connect() as conn:
+        server_now = conn.execute(select(func.now())).scalar_one()
+    with freeze_time(server_now - timedelta(days=1)):  # this host is a day behind
+        with engine.begin() as conn:
+            lifecycle.claim(
+                conn, token="t", owner="w", limit=1, lease=timedelta(minutes=5), due_by=NOW
+            )
+    with engine.connect() as conn:
+        until = conn.execute(select(Message.lease_expires_at)).scalar_one()
+    assert server_now + timedelta(minutes=4) < until < server_now + timedelta(minutes=6)
+    with freeze_time(server_now + timedelta(days=1)):  # another host, a day ahead
+        with engine.begin() as conn:
+            assert lifecycle.expire_leases(conn) == (0, 0)  # the lease is live
     assert _status(engine) == {mid: "claimed"}
 
 
