@@ -150,3 +150,13 @@ def test_far_at_instants_are_one_line_errors_for_every_command(proj: Path, when:
     ):
         proc = engage(*args, "--at", when, cwd=proj, env=env, code=1)
         assert "--at" in one_line_error(proc) and "out of range" in proc.stderr, args
+
+
+def test_an_attribute_name_sqlite_cannot_quote_is_refused() -> None:
+    from pydantic import ValidationError
+
+    from engage.campaigns.schema import Audience
+
+    with pytest.raises(ValidationError, match="cannot contain a double quote"):
+        Audience.model_validate({"where": {'vip"': True}})
+    assert Audience.model_validate({"where": {"vip.level": 1}}).where == {"vip.level": 1}

@@ -170,7 +170,9 @@ def test_a_read_only_folder(proj: Path) -> None:
             assert "SQLite database" in line, (args, line)
 
 
-def test_a_campaign_the_database_cannot_evaluate_is_one_line(proj: Path) -> None:
+def test_a_number_the_database_cannot_hold_is_a_located_one_line_error(proj: Path) -> None:
+    """It used to reach SQL and fail there (an OverflowError); now the campaign
+    does not load, and the line says where."""
     env = clean_env(ENGAGE_SECRET_KEY=SECRET)
     engage("db", "upgrade", cwd=proj, env=env)
     (proj / "campaigns" / "huge.yaml").write_text(
@@ -178,7 +180,8 @@ def test_a_campaign_the_database_cannot_evaluate_is_one_line(proj: Path) -> None
         "channels: [email]\ntemplate: winback\n"
     )
     line = one_line_error(engage("dry-run", "huge", cwd=proj, env=env, code=1))
-    assert line.startswith("error: campaign huge: OverflowError: "), line
+    assert line.startswith("error: campaigns/huge.yaml:4:23: audience.min_points_balance: "), line
+    assert "less than or equal to 2147483647" in line
 
 
 def _local_noon_zone(now: datetime) -> str:

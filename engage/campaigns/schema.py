@@ -140,6 +140,8 @@ def _where(value: Any) -> Any:
     for key, wanted in value.items():
         if not isinstance(key, str) or not key:
             raise ValueError(f"attribute names must be text, got {key!r}")
+        if '"' in key:  # SQLite's JSON path cannot quote it: the query would fail at run time
+            raise ValueError(f"attribute names cannot contain a double quote, got {key!r}")
         items = wanted if isinstance(wanted, list) else [wanted]
         if isinstance(wanted, list) and not wanted:
             raise ValueError(f"{key}: an empty list matches nobody")
