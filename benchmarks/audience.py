@@ -65,6 +65,10 @@ _QUIET_PROBES = f"""
 """
 _RECENT = f"""SELECT i.customer_id FROM interaction i
     WHERE {_KINDS} AND i.occurred_at > :cutoff AND i.occurred_at <= :as_of"""
+# The anti-join as a LEFT JOIN: PostgreSQL hashes it whatever its size, where
+# NOT IN (subquery) falls back to a rescan per customer once the subquery
+# outgrows work_mem (at 1M customers: minutes).
+_RECENT_IDS = _RECENT.replace("SELECT i.customer_id", "SELECT DISTINCT i.customer_id", 1)
 
 HAND_SQL: dict[str, dict[str, str]] = {
     "quiet_for": {
@@ -72,8 +76,8 @@ HAND_SQL: dict[str, dict[str, str]] = {
         # engagement before (then the latest is <= cutoff) or a sign-up <= cutoff.
         "probes": f"SELECT c.id FROM customer c WHERE {_QUIET_PROBES}",
         "anti-join": f"""
-            SELECT c.id FROM customer c
-            WHERE c.created_at <= :as_of AND c.id NOT IN ({_RECENT})
+            SELECT c.id FROM customer c LEFT JOIN ({_RECENT_IDS}) r ON r.customer_id = c.id
+            WHERE c.created_at <= :as_of AND r.customer_id IS NULL
               AND (c.created_at <= :cutoff
                    OR EXISTS (SELECT 1 FROM interaction i WHERE i.customer_id = c.id
                               AND i.occurred_at <= :cutoff AND {_ENGAGED}))
@@ -116,9 +120,9 @@ HAND_SQL: dict[str, dict[str, str]] = {
                           AND {_ENGAGED})
         """,
         "anti-join": f"""
-            SELECT c.id FROM customer c
+            SELECT c.id FROM customer c LEFT JOIN ({_RECENT_IDS}) r ON r.customer_id = c.id
             WHERE c.created_at <= :as_of AND c.tier IN ('silver', 'gold', 'platinum')
-              AND c.id NOT IN ({_RECENT})
+              AND r.customer_id IS NULL
               AND EXISTS (SELECT 1 FROM interaction i WHERE i.customer_id = c.id
                           AND i.kind = 'order' AND i.occurred_at <= :as_of)
               AND EXISTS (SELECT 1 FROM interaction i WHERE i.customer_id = c.id
