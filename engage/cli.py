@@ -255,6 +255,19 @@ AtOption = Annotated[
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+# The log options of the long-running commands (run, serve).
+LogFormatOption = Annotated[
+    str, typer.Option("--log-format", help="text or json (one object per line).")
+]
+LogLevelOption = Annotated[str, typer.Option("--log-level", help="debug, info, warning.")]
+ShowPiiOption = Annotated[
+    bool, typer.Option("--show-pii", help="Do not mask e-mail addresses and phones in logs.")
+]
+
+
+def _check_log_format(log_format: str) -> None:
+    if log_format not in ("text", "json"):
+        raise typer.BadParameter("must be text or json", param_hint="--log-format")
 
 
 @app.command("dry-run")
@@ -802,13 +815,9 @@ def run_cmd(
     once: Annotated[
         bool, typer.Option("--once", help="Plan and send what is due now, then exit.")
     ] = False,
-    log_format: Annotated[
-        str, typer.Option("--log-format", help="text or json (one object per line).")
-    ] = "text",
-    log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning.")] = "info",
-    show_pii: Annotated[
-        bool, typer.Option("--show-pii", help="Do not mask e-mail addresses and phones in logs.")
-    ] = False,
+    log_format: LogFormatOption = "text",
+    log_level: LogLevelOption = "info",
+    show_pii: ShowPiiOption = False,
 ) -> None:
     """The daemon: campaign schedules, dispatch, lease expiry and hot reload until SIGTERM.
 
@@ -817,8 +826,7 @@ def run_cmd(
     from .daemon.process import open_daemon
     from .logs import setup_logging
 
-    if log_format not in ("text", "json"):
-        raise typer.BadParameter("must be text or json", param_hint="--log-format")
+    _check_log_format(log_format)
     c = ctx_of(ctx)
     setup_logging(log_format, level=log_level, mask=not show_pii, secrets=c.config.secrets.values())
     daemon, lock = open_daemon(c.config, c.engine, c.config_path)
@@ -856,13 +864,9 @@ def serve_cmd(
         int | None,
         typer.Option("--workers", min=1, max=64, help="Worker processes (default: serve.workers)."),
     ] = None,
-    log_format: Annotated[
-        str, typer.Option("--log-format", help="text or json (one object per line).")
-    ] = "text",
-    log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning.")] = "info",
-    show_pii: Annotated[
-        bool, typer.Option("--show-pii", help="Do not mask e-mail addresses and phones in logs.")
-    ] = False,
+    log_format: LogFormatOption = "text",
+    log_level: LogLevelOption = "info",
+    show_pii: ShowPiiOption = False,
 ) -> None:
     """The HTTP side: unsubscribe links, SendGrid and Twilio webhooks, the ingest API.
 
@@ -874,8 +878,7 @@ def serve_cmd(
     from .daemon.process import check_schema, safe_url
     from .web import serve
 
-    if log_format not in ("text", "json"):
-        raise typer.BadParameter("must be text or json", param_hint="--log-format")
+    _check_log_format(log_format)
     c = ctx_of(ctx)
     try:
         check_schema(c.engine)
