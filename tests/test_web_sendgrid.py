@@ -13,12 +13,12 @@ import pytest
 from sqlalchemy import Engine, select, update
 
 from engage.config import Config
-from engage.db.models import Customer, Interaction, Message, Suppression, WebhookEvent
+from engage.db.models import Customer, Interaction, Message, WebhookEvent
 from engage.web import create_app
 from engage.web.routes import sendgrid as sendgrid_route
 
 from .helpers import NOW, add_customer, add_message, make_config
-from .webtools import SendGridSigner, serving
+from .webtools import SendGridSigner, feedback_state, serving
 
 
 @pytest.fixture
@@ -57,22 +57,7 @@ def event(kind: str, mid: int | None, n: int, **kw: Any) -> dict[str, Any]:
 def snapshot(engine: Engine) -> dict[str, Any]:
     with engine.connect() as conn:
         return {
-            "messages": conn.execute(
-                select(Message.id, Message.status, Message.error).order_by(Message.id)
-            ).all(),
-            "suppressions": conn.execute(
-                select(
-                    Suppression.channel,
-                    Suppression.address,
-                    Suppression.customer_id,
-                    Suppression.reason,
-                    Suppression.campaign,
-                    Suppression.message_id,
-                ).order_by(Suppression.address)
-            ).all(),
-            "consent": conn.execute(
-                select(Customer.id, Customer.email_opt_in).order_by(Customer.id)
-            ).all(),
+            **feedback_state(conn, Customer.email_opt_in),
             "interactions": conn.execute(
                 select(
                     Interaction.customer_id,

@@ -13,13 +13,13 @@ from sqlalchemy import Engine, select, update
 from twilio.request_validator import RequestValidator
 
 from engage.config import Config
-from engage.db.models import Customer, Interaction, Message, Suppression
+from engage.db.models import Customer, Interaction, Message
 from engage.web import create_app
 from engage.web.feedback import keyword
 from engage.web.routes import twilio as twilio_route
 
 from .helpers import NOW, add_customer, add_message, make_config
-from .webtools import PUBLIC_URL, TWILIO_TOKEN, serving, twilio_post
+from .webtools import PUBLIC_URL, TWILIO_TOKEN, feedback_state, serving, twilio_post
 
 ANN = "+12025550123"
 
@@ -43,22 +43,7 @@ def client(config: Config, engine: Engine) -> Iterator[httpx.Client]:
 def snapshot(engine: Engine) -> dict[str, Any]:
     with engine.connect() as conn:
         return {
-            "messages": conn.execute(
-                select(Message.id, Message.status, Message.error).order_by(Message.id)
-            ).all(),
-            "suppressions": conn.execute(
-                select(
-                    Suppression.channel,
-                    Suppression.address,
-                    Suppression.customer_id,
-                    Suppression.reason,
-                    Suppression.campaign,
-                    Suppression.message_id,
-                ).order_by(Suppression.address)
-            ).all(),
-            "consent": conn.execute(
-                select(Customer.id, Customer.sms_opt_in).order_by(Customer.id)
-            ).all(),
+            **feedback_state(conn, Customer.sms_opt_in),
             "interactions": conn.execute(
                 select(Interaction.customer_id, Interaction.kind, Interaction.attributes).order_by(
                     Interaction.id

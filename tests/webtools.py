@@ -15,12 +15,37 @@ import httpx
 import uvicorn
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from sqlalchemy import Connection, select
 from starlette.applications import Starlette
 from twilio.request_validator import RequestValidator
+
+from engage.db.models import Customer, Message, Suppression
 
 TWILIO_TOKEN = "twilio-auth-token-for-tests"
 API_TOKEN = "api-token-0123456789abcdef"
 PUBLIC_URL = "https://engage.shop.test"
+
+
+def feedback_state(conn: Connection, consent: Any) -> dict[str, Any]:
+    """What provider feedback may change: message states, suppressions and the
+    ``consent`` column of every customer (a webhook test compares these before
+    and after)."""
+    return {
+        "messages": conn.execute(
+            select(Message.id, Message.status, Message.error).order_by(Message.id)
+        ).all(),
+        "suppressions": conn.execute(
+            select(
+                Suppression.channel,
+                Suppression.address,
+                Suppression.customer_id,
+                Suppression.reason,
+                Suppression.campaign,
+                Suppression.message_id,
+            ).order_by(Suppression.address)
+        ).all(),
+        "consent": conn.execute(select(Customer.id, consent).order_by(Customer.id)).all(),
+    }
 
 
 @contextmanager
