@@ -69,8 +69,8 @@ class Ready:
 
     msg: ClaimedRow
     outgoing: Outgoing
-    timezone: str = "UTC"
-    window: Window | None = None
+    timezone: str
+    window: Window
 
 
 @dataclass(frozen=True)
@@ -183,8 +183,6 @@ def recheck(item: Ready, now: datetime) -> Outcome | None:
     """The checks that depend on the clock alone (expiry, the send window),
     again at ``now``, just before the request starts: a rate limit or a full
     pool may have held a prepared message past its window's end. ``None``: send."""
-    if item.window is None:
-        return None
     return _timing(item.msg, item.timezone, item.window, now)
 
 
