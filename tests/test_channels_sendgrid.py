@@ -261,6 +261,27 @@ def test_requests_share_a_kept_alive_connection(tmp_path):
     assert len(set(peers[:5])) == 1 and peers[5] != peers[0]
 
 
+def test_behind_a_proxy_the_sdks_own_transport_sends_through_it(sg, tmp_path, monkeypatch):
+    """With HTTP(S)_PROXY set, the SDK's urllib transport carries each request
+    to the proxy (here the fake itself, which reads the absolute URI), not
+    the kept-alive connections, which would bypass it."""
+    monkeypatch.setenv("HTTP_PROXY", sg.url)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    unreachable = "http://api.sendgrid.invalid"  # only the proxy knows the way
+    channel = build_channel(make_config(tmp_path, unreachable), "email")
+    result = channel.send(email(7))
+    sg.script(400, message="Does not contain a valid address.", field="personalizations.0.to")
+    with pytest.raises(PermanentSendError) as info:
+        channel.send(email(8))
+    channel.close()
+    assert info.value.suppress_reason == "invalid_address"
+    [req, _] = sg.requests
+    assert req.path == "/v3/mail/send" and req.body["custom_args"] == {"engage_message_id": "7"}
+    assert req.headers["authorization"] == f"Bearer {KEY}"
+    assert result.provider_id == req.provider_id
+
+
 def test_missing_api_key_is_a_config_error_naming_the_variable(tmp_path):
     config = make_config(tmp_path, "http://127.0.0.1:9", key=None)
     with pytest.raises(ConfigError, match="SENDGRID_API_KEY"):

@@ -8,13 +8,16 @@ shares one mutable header dict between the objects its attribute chain
 creates, so each worker thread gets its own client (``threading.local``).
 
 **Kept-alive connections.** The SDK's transport is urllib, which opens a new
-TCP (and TLS) connection for every request and closes it afterwards. Each
-thread's client here is a ``python_http_client.Client`` whose
-``_make_request`` (the SDK's documented seam for its transport) hands the
-request the SDK built to ``KeptAlive``: one ``http.client`` connection per
-thread, reused while the server keeps it open. The SDK still builds the
-request and reads the answer, errors included. Behind an ``HTTPS_PROXY`` the
-SDK's own urllib transport is used, as before.
+TCP (and TLS) connection for every request and closes it afterwards, and its
+``post()`` builds a urllib opener (every default handler, the proxy settings
+read from the environment) for every request: a tenth of a send's CPU. So
+each thread does what ``post()`` does, with one difference: the request (the
+SDK endpoint's URL and headers, the JSON body) goes to the SDK's own
+``_make_request`` (its seam for the transport, which turns HTTP errors into
+the SDK's exceptions) with ``KeptAlive`` as the opener: one ``http.client``
+connection per thread, reused while the server keeps it open. The answer is
+read into the SDK's ``Response``. Behind an ``HTTPS_PROXY`` the SDK's own
+``post()`` and urllib transport are used, as before.
 
 **What a failure means** (see ``map_sendgrid_error``): like urllib, the
 transport raises ``URLError`` for what fails while connecting or writing the
@@ -43,7 +46,7 @@ import urllib.request
 from typing import Any
 from urllib.parse import urlsplit
 
-import python_http_client
+from python_http_client.client import Response
 from python_http_client.exceptions import HTTPError
 from sendgrid import SendGridAPIClient
 
@@ -274,31 +277,9 @@ def _idle_and_open(conn: http.client.HTTPConnection) -> bool:
     return not poller.poll(0)
 
 
-class _KeptAliveClient(python_http_client.Client):
-    """The SDK's HTTP client, carrying requests over this thread's ``KeptAlive``."""
-
-    def __init__(self, transport: KeptAlive, **kw: Any) -> None:
-        super().__init__(**kw)
-        self._transport = transport
-
-    def _build_client(self, name: str | None = None) -> _KeptAliveClient:
-        url_path = self._url_path + [name] if name else self._url_path
-        return _KeptAliveClient(
-            self._transport,
-            host=self.host,
-            version=self._version,
-            request_headers=self.request_headers,
-            url_path=url_path,
-            append_slash=self.append_slash,
-            timeout=self.timeout,
-        )
-
-    def _make_request(self, opener: Any, request: Any, timeout: float | None = None) -> Any:
-        return super()._make_request(self._transport, request, timeout)
-
-
 class _PerThread(threading.local):
-    endpoint: Any = None
+    endpoint: Any = None  # the SDK's client.mail.send
+    url: str = ""
     transport: KeptAlive | None = None
 
 
@@ -325,34 +306,40 @@ class SendGridEmailChannel:
     def __repr__(self) -> str:  # never show the key
         return f"<SendGridEmailChannel host={self._host!r}>"
 
-    def _endpoint(self) -> Any:
-        """This thread's ``client.mail.send``. Built once: each attribute of the
-        SDK's chain constructs a new ``Client``, and the endpoint holds no state
-        between calls (its headers are fixed here, before the first request)."""
+    def _local_endpoint(self) -> _PerThread:
+        """This thread's ``client.mail.send`` (and transport). Built once: each
+        attribute of the SDK's chain constructs a new ``Client``, and the
+        endpoint holds no state between calls (its headers are fixed here,
+        before the first request)."""
         local = self._local
         if local.endpoint is None:
-            sdk = SendGridAPIClient(self._api_key, host=self._host)
-            client = sdk.client
+            endpoint = SendGridAPIClient(self._api_key, host=self._host).client.mail.send
+            # Set once so the SDK's setdefault() never mutates the dict mid-request.
+            endpoint.request_headers["Content-Type"] = "application/json"
+            local.endpoint, local.url = endpoint, endpoint._build_url(None)
             if self._direct:
                 local.transport = KeptAlive()
                 with self._lock:
                     self._opened.append(local.transport)
-                client = _KeptAliveClient(
-                    local.transport,
-                    host=client.host,
-                    request_headers=client.request_headers,
-                    version=3,
-                )
-            # Set once so the SDK's setdefault() never mutates the dict mid-request.
-            client.request_headers["Content-Type"] = "application/json"
-            local.endpoint = client.mail.send
-        return local.endpoint
+        return local
 
     def send(self, message: Outgoing) -> SendResult:
         payload = build_mail_payload(message, self.settings)
-        endpoint = self._endpoint()
+        local = self._local_endpoint()
+        endpoint, timeout = local.endpoint, self.settings.timeout
         try:
-            response = endpoint.post(request_body=payload, timeout=self.settings.timeout)
+            if local.transport is None:  # behind a proxy: the SDK's urllib transport
+                response = endpoint.post(request_body=payload, timeout=timeout)
+            else:  # what post() does, without the urllib opener it builds and we never use
+                request = urllib.request.Request(
+                    local.url,
+                    data=json.dumps(payload).encode("utf-8"),
+                    headers=endpoint.request_headers,
+                    method="POST",
+                )
+                response = Response(
+                    endpoint._make_request(local.transport, request, timeout=timeout)
+                )
         except (HTTPError, OSError, http.client.HTTPException) as exc:
             raise map_sendgrid_error(exc, api_key=self._api_key, to=message.to) from None
         provider_id = response.headers.get("X-Message-Id") if response.headers else None
