@@ -169,7 +169,7 @@ class Dispatch(Strict):
     batch_size: int = Field(200, ge=1)
     # Requests in flight per process: enough to hide a provider answering in
     # 100-300 ms (each waits in its own thread; idle threads cost nothing).
-    workers: int = Field(128, ge=1, le=1024)
+    workers: int = Field(256, ge=1, le=1024)
     lease: Duration = timedelta(minutes=5)
     max_attempts: int = Field(5, ge=1)
     backoff_base: Duration = timedelta(seconds=30)

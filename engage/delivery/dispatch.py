@@ -64,8 +64,8 @@ from .prepare import Outcome, Ready, outcome, prepare, recheck
 log = logging.getLogger(__name__)
 
 # Outcomes are written in chunks: this many, or after this long.
-RECORD_EVERY = 50
-RECORD_SECONDS = 0.1
+RECORD_EVERY = 100
+RECORD_SECONDS = 0.2
 # A rate limiter lets this much of a second's worth of sends go at once.
 BURST_SECONDS = 0.1
 
@@ -294,7 +294,7 @@ class _Run:
 
     def loop(self) -> DispatchStats:
         cfg = self.cfg
-        start_chunk = max(1, cfg.workers // 8)  # a few starts per UPDATE, not one each
+        start_chunk = max(1, cfg.workers // 4)  # a few starts per UPDATE, not one each
         first_at = renewed = time.monotonic()
         exhausted = False
         try:
@@ -323,7 +323,9 @@ class _Run:
                 # 4. Collect finished sends; nothing started: wait for one, or a token.
                 pause = 0.0 if started else min(limited or RECORD_SECONDS, RECORD_SECONDS)
                 seen = len(self.finished)
-                got = self._drain(pause if self.in_flight else 0)
+                # Enough free slots for a start chunk, when messages wait for one.
+                want = max(1, min(start_chunk - room, self.in_flight)) if waiting else 1
+                got = self._drain(pause if self.in_flight else 0, want)
                 if limited is not None and not (started or self.in_flight or got):
                     time.sleep(pause)  # rate-limited, nothing in flight
                 halted = self._halt_refused(self.finished[seen:])
@@ -411,15 +413,16 @@ class _Run:
     def _start(self, batch: Sequence[Ready]) -> int:
         """``claimed`` → ``sending`` (per claim token), then hand each one that
         moved to the pool; one that did not move lost its claim: not ours to
-        send. Finished outcomes are written in the same transaction, so a crash
-        leaves few sent-but-unrecorded messages to become ``unknown``."""
+        send. When a record's worth of outcomes has finished, they are written
+        in the same transaction (one commit instead of two)."""
         if not batch:
             return 0
         by_claim: dict[str, list[Ready]] = {}
         for item in batch:
             by_claim.setdefault(item.msg.claim, []).append(item)
         with self.d.engine.begin() as conn:
-            self._record(conn)
+            if len(self.finished) >= RECORD_EVERY:
+                self._record(conn)
             moved = {
                 token: states.start(
                     conn, [i.msg.id for i in items], claim=token, lease=self.cfg.lease
@@ -436,15 +439,18 @@ class _Run:
         self.in_flight += started
         return started
 
-    def _drain(self, block: float) -> int:
-        """Move finished sends into ``finished``, waiting up to ``block`` s for the first."""
+    def _drain(self, block: float, want: int = 1) -> int:
+        """Move finished sends into ``finished``, waiting up to ``block`` s for
+        the first ``want`` (the loop need not turn for each one)."""
         got = 0
+        deadline = time.monotonic() + block
         try:
             item = self.done.get(timeout=block) if block > 0 else self.done.get_nowait()
             while True:
                 self.finished.append(item)
                 got += 1
-                item = self.done.get_nowait()
+                left = deadline - time.monotonic() if got < want else 0
+                item = self.done.get(timeout=left) if left > 0 else self.done.get_nowait()
         except queue.Empty:
             self.in_flight -= got
             return got
