@@ -47,6 +47,7 @@ import yaml
 from sqlalchemy import func, insert, select, text
 from sqlalchemy.pool import NullPool
 
+from engage.config import Dispatch
 from engage.db import make_engine, upgrade
 from engage.db.models import Customer, Message
 from engage.testing import FakeSendGrid
@@ -250,7 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--db", required=True, help="a PostgreSQL URL (a schema is created)")
     parser.add_argument("--messages", type=int, default=1500, help="customers, one message each")
     parser.add_argument("--workers", type=int, default=3, help="engage run processes")
-    parser.add_argument("--in-flight", type=int, default=128, help="dispatch.workers of each")
+    parser.add_argument(
+        "--in-flight", type=int, default=Dispatch().workers, help="dispatch.workers of each"
+    )
     parser.add_argument("--latency", type=float, default=0.15, help="the fake's answer delay, s")
     parser.add_argument("--rate", type=float, default=1e6, help="rate_per_second per process")
     parser.add_argument("--lease", default="20s", help="dispatch.lease")
