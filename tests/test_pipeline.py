@@ -137,7 +137,7 @@ def test_in_values_is_one_cached_statement_whatever_the_list(engine: Engine) -> 
         Column("at", UTCDateTime()),
     )
     meta.create_all(engine)
-    keys = ["a", "b", "ü – 'q'", 'd"q', "e,f", "7"]
+    keys = ["a", "b", "ü – 'q'", 'd"q', "e,f", "7", "b\\s", "{x}", "NULL", " sp ", ""]
     with engine.begin() as conn:
         conn.execute(
             t.insert(),
@@ -156,7 +156,10 @@ def test_in_values_is_one_cached_statement_whatever_the_list(engine: Engine) -> 
         assert pick(["a", "b"]) == ["a", "b"]
         assert pick(["ü – 'q'", 'd"q', "e,f", "missing"]) == ["ü – 'q'", 'd"q', "e,f"]
         assert pick([]) == []
-        assert len(compiled) == 1  # three lists, one compiled statement
+        # what an array literal or a JSON text would have to escape
+        tricky = ["b\\s", "{x}", "NULL", " sp ", ""]
+        assert pick(tricky + ["b\\", "{x", "null", "sp"]) == tricky
+        assert len(compiled) == 1  # four lists, one compiled statement
         assert pick([5, 1], t.c.n) == ["b", "7"]
         assert pick([3], t.c.n) == ['d"q']
         assert len(compiled) == 2
