@@ -46,3 +46,18 @@ def test_instants_are_utc_aware_and_money_is_decimal(engine) -> None:
             select(Customer.id).where(Customer.created_at > datetime(2026, 5, 1, 11, 0, tzinfo=paris))
         )
         assert n == "c1"
+
+
+def test_webhook_lookups_by_provider_id_use_its_partial_index(engine) -> None:
+    """The index holds only sent messages (migration 0009), and a lookup by the
+    provider's id still finds them through it on both backends."""
+    from sqlalchemy import text
+
+    sql = "SELECT id FROM message WHERE provider_id = 'SM123' AND channel = 'sms'"
+    with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            plan = " ".join(str(r[-1]) for r in conn.execute(text("EXPLAIN QUERY PLAN " + sql)))
+        else:
+            conn.execute(text("SET LOCAL enable_seqscan = off"))
+            plan = " ".join(r[0] for r in conn.execute(text("EXPLAIN " + sql)))
+    assert "ix_message_provider_id" in plan, plan

@@ -27,6 +27,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -286,6 +287,13 @@ class Message(Base):
         Index("ix_message_customer_planned", "customer_id", "planned_at"),
         Index("ix_message_campaign_customer", "campaign", "customer_id"),
         Index("ix_message_run_status", "run_id", "status"),  # what each occurrence did
+        # Webhooks find sent messages by it; planned ones have none (migration 0009).
+        Index(
+            "ix_message_provider_id",
+            "provider_id",
+            postgresql_where=text("provider_id IS NOT NULL"),
+            sqlite_where=text("provider_id IS NOT NULL"),
+        ),
         CheckConstraint(
             "status IN (" + ", ".join(f"'{s}'" for s in MESSAGE_STATES) + ")", name="status"
         ),
@@ -315,7 +323,7 @@ class Message(Base):
     lease_expires_at: Mapped[datetime | None]
     expires_at: Mapped[datetime | None]  # not sent by then: expired (the campaign's expires_after)
     provider: Mapped[str | None] = mapped_column(String(32))
-    provider_id: Mapped[str | None] = mapped_column(String(100), index=True)
+    provider_id: Mapped[str | None] = mapped_column(String(100))
     sent_at: Mapped[datetime | None]
     error: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(default=_now, onupdate=_now)
