@@ -234,7 +234,7 @@ def test_nps_answers_carry_a_score_from_0_to_10(project: Path, engine: Engine) -
 def test_ctrl_c_reports_what_was_committed_and_rerunning_is_safe(
     project: Path, engine: Engine
 ) -> None:
-    n = 120_000  # several batches after the first commit: the signal lands mid-import
+    n = 300_000  # many batches after the first commit: the signal lands mid-import
     (project / "config.yaml").write_text(
         (project / "config.yaml").read_text() + "import_batch_size: 10000\n"
     )
