@@ -206,3 +206,34 @@ def test_decide_order_and_frequency_cap() -> None:
     always = CampaignRules(name="h", channels=("email",), holdout=1.0)
     d = decide(r, always, CFG, NOW, NONE, History())
     assert (d.action, d.reason, d.held_out) == ("skip", "held_out", True) and d.send_at == NOW
+
+
+def test_a_decision_row_makes_the_same_frozen_recipient_as_the_constructor() -> None:
+    """``decision_row_to_recipient`` fills the instance's fields directly (for
+    speed): every field is set, it equals what ``Recipient(...)`` makes and it
+    stays immutable."""
+    import dataclasses
+
+    from engage.customers.recipients import decision_row_to_recipient
+
+    config = Config(timezone="Europe/Paris", locale="fr-FR")
+    at = datetime(2026, 3, 1, 12, tzinfo=UTC)
+    got = decision_row_to_recipient(("c1", "a@b.example", None, None, 1, 0, at, at), config)
+    assert set(vars(got)) == {f.name for f in dataclasses.fields(Recipient)}
+    assert got == Recipient(
+        customer_id="c1",
+        email="a@b.example",
+        phone=None,
+        first_name=None,
+        last_name=None,
+        timezone="Europe/Paris",
+        locale="fr-FR",
+        tier=None,
+        attributes={},
+        email_opt_in=True,
+        sms_opt_in=False,
+        created_at=at,
+        last_activity=at,
+    )
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        got.email = "b@b.example"  # type: ignore[misc]

@@ -171,9 +171,15 @@ def decision_query(config: Config, as_of: datetime, *, facts: bool = False) -> S
 
 def decision_row_to_recipient(row: Any, config: Config) -> Recipient:
     """A Recipient from a ``decision_query`` row; the facts that query does not
-    read (names, locale, tier, attributes, orders, points) stay at their defaults."""
+    read (names, locale, tier, attributes, orders, points) stay at their defaults.
+
+    Built field by field into the instance's ``__dict__``: a frozen dataclass's
+    ``__init__`` sets each field through ``object.__setattr__``, which is most
+    of the cost of this function, and the planner calls it for every customer
+    of an audience (138,000 times in the planning benchmark: 0.27 s -> 0.06 s)."""
     cid, email, phone, tz, email_ok, sms_ok, created_at, last_activity = row
-    return Recipient(
+    recipient = object.__new__(Recipient)
+    recipient.__dict__.update(
         customer_id=cid,
         email=email,
         phone=phone,
@@ -187,7 +193,11 @@ def decision_row_to_recipient(row: Any, config: Config) -> Recipient:
         sms_opt_in=bool(sms_ok),
         created_at=_instant(created_at),
         last_activity=_instant(last_activity),
+        orders=0,
+        lifetime_value=_NO_MONEY,
+        points=_NO_POINTS,
     )
+    return recipient
 
 
 def _instant(value: Any) -> datetime:
@@ -236,6 +246,7 @@ def row_to_recipient(row: Any, config: Config) -> Recipient:
 _NO_POINTS = PointsSummary()
 # The column types' own result conversions (neither reads its dialect argument).
 _UTC, _MONEY, _ANY_DIALECT = UTCDateTime(), Money(), cast(Any, None)
+_NO_MONEY, _NO_POINTS = Recipient.lifetime_value, Recipient.points  # the fields' defaults
 
 
 def _attributes(value: Any) -> dict[str, Any]:
