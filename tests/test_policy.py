@@ -220,17 +220,14 @@ def test_a_decision_row_makes_the_same_frozen_recipient_as_the_constructor() -> 
     at = datetime(2026, 3, 1, 12, tzinfo=UTC)
     got = decision_row_to_recipient(("c1", "a@b.example", None, None, 1, 0, at, at), config)
     assert set(vars(got)) == {f.name for f in dataclasses.fields(Recipient)}
-    assert got == Recipient(
-        customer_id="c1",
+    assert got == person(
+        "c1",
         email="a@b.example",
         phone=None,
         first_name=None,
         last_name=None,
         timezone="Europe/Paris",
         locale="fr-FR",
-        tier=None,
-        attributes={},
-        email_opt_in=True,
         sms_opt_in=False,
         created_at=at,
         last_activity=at,
