@@ -348,3 +348,26 @@ def test_planning_on_lanes_plans_what_planning_in_line_plans(tmp_path: Path) -> 
     finally:
         threaded.dispose()
         inline.dispose()
+
+
+def test_in_values_binds_a_postgresql_array_not_a_text_to_cast(engine: Engine) -> None:
+    """The array literal travels untyped, so PostgreSQL types the parameter as
+    the array when the statement is prepared: plans see an array parameter,
+    as for a list. Typed as text (SQLAlchemy's "::VARCHAR"), it was cast at
+    run time and the history query took 20 s a round."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL's prepared statements")
+    meta = MetaData()
+    t = Table("ivp", meta, Column("k", String, primary_key=True), Column("n", Integer))
+    meta.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(t.insert(), [{"k": f"k{i}", "n": i} for i in range(10)])
+        for column_, values in ((t.c.k, ["k1", 'k"2']), (t.c.n, [3, 4])):
+            query = select(t.c.k).where(in_values(column_, values))
+            sql = str(query.compile(dialect=engine.dialect)).replace("%(param_1)s", "$1")
+            conn.exec_driver_sql(f"PREPARE ivp_q AS {sql}")
+            types = conn.exec_driver_sql(
+                "SELECT parameter_types::text FROM pg_prepared_statements WHERE name = 'ivp_q'"
+            ).scalar_one()
+            conn.exec_driver_sql("DEALLOCATE ivp_q")
+            assert types in ("{\"character varying[]\"}", "{integer[]}"), types

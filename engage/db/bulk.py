@@ -128,12 +128,13 @@ def _rows_source(
     instants; an outcome's status) is bound once as a parameter; the others
     travel in one JSON text: objects read by ``json_to_recordset`` on
     PostgreSQL, an array of arrays read with ``json_extract`` on SQLite."""
+    pg = conn.dialect.name == "postgresql"
     constant = {c: got[0] for c in cols if _constant(got := [r[c] for r in rows])}
     varying = [c for c in cols if c not in constant]
     if not varying:  # one column carries the rows
         varying = [cols[0]]
         del constant[cols[0]]
-    if conn.dialect.name == "postgresql":
+    if pg:
         records = json.dumps(
             [{c: r[c] for c in varying} for r in rows], default=memoized(_json_default)
         )
@@ -155,7 +156,6 @@ def _rows_source(
         values = {
             c: func.json_extract(source.c.value, f"$[{i}]") for i, c in enumerate(varying)
         }
-    pg = conn.dialect.name == "postgresql"
     for c, value in constant.items():
         param = bindparam(f"c_{c}", value, type_=table.c[c].type)
         # PostgreSQL reads an untyped parameter in a select list as text
