@@ -252,6 +252,10 @@ def test_ctrl_c_reports_what_was_committed_and_rerunning_is_safe(
         text=True,
         cwd=project,
         env=env,
+        # A test run started in the background (`.ci/run &`) ignores SIGINT, and
+        # so would engage (Python keeps an inherited SIG_IGN): restore it, as a
+        # terminal's Ctrl-C finds it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 60
     committed = 0
