@@ -13,14 +13,14 @@ from sqlalchemy import Engine, select
 
 from engage.campaigns.schema import Campaign
 from engage.config import Config
-from engage.db.models import Customer, Message, Suppression
+from engage.db.models import Customer, Message
 from engage.planning import suppressions
 from engage.planning.planner import plan_occurrence
 from engage.unsubscribe import make_token
 from engage.web import create_app
 
 from .helpers import NOW, SECRET, add_customer, add_message, make_config
-from .webtools import serving
+from .webtools import feedback_state, serving
 
 
 @pytest.fixture
@@ -54,20 +54,8 @@ def token(customer: str = "ann", channel: str = "email", name: str = "winback-30
 def state(engine: Engine) -> tuple[list[Any], list[Any]]:
     """Everything an unsubscribe may change: suppressions and consent flags."""
     with engine.connect() as conn:
-        supp = conn.execute(
-            select(
-                Suppression.channel,
-                Suppression.address,
-                Suppression.customer_id,
-                Suppression.reason,
-                Suppression.campaign,
-                Suppression.message_id,
-            ).order_by(Suppression.id)
-        ).all()
-        consent = conn.execute(
-            select(Customer.id, Customer.email_opt_in, Customer.sms_opt_in).order_by(Customer.id)
-        ).all()
-    return [tuple(r) for r in supp], [tuple(r) for r in consent]
+        got = feedback_state(conn, Customer.email_opt_in, Customer.sms_opt_in)
+    return [tuple(r) for r in got["suppressions"]], [tuple(r) for r in got["consent"]]
 
 
 ONE_CLICK = {"Content-Type": "application/x-www-form-urlencoded"}

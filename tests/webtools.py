@@ -26,10 +26,10 @@ API_TOKEN = "api-token-0123456789abcdef"
 PUBLIC_URL = "https://engage.shop.test"
 
 
-def feedback_state(conn: Connection, consent: Any) -> dict[str, Any]:
-    """What provider feedback may change: message states, suppressions and the
-    ``consent`` column of every customer (a webhook test compares these before
-    and after)."""
+def feedback_state(conn: Connection, *consent: Any) -> dict[str, Any]:
+    """What provider feedback or an unsubscribe may change: message states,
+    suppressions and the ``consent`` columns of every customer (a test
+    compares these before and after)."""
     return {
         "messages": conn.execute(
             select(Message.id, Message.status, Message.error).order_by(Message.id)
@@ -44,7 +44,7 @@ def feedback_state(conn: Connection, consent: Any) -> dict[str, Any]:
                 Suppression.message_id,
             ).order_by(Suppression.address)
         ).all(),
-        "consent": conn.execute(select(Customer.id, consent).order_by(Customer.id)).all(),
+        "consent": conn.execute(select(Customer.id, *consent).order_by(Customer.id)).all(),
     }
 
 
