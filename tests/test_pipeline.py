@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from datetime import timedelta
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -159,7 +160,9 @@ def test_in_values_is_one_cached_statement_whatever_the_list(engine: Engine) -> 
         # what an array literal or a JSON text would have to escape
         tricky = ["b\\s", "{x}", "NULL", " sp ", ""]
         assert pick(tricky + ["b\\", "{x", "null", "sp"]) == tricky
-        assert len(compiled) == 1  # four lists, one compiled statement
+        key = StrEnum("Key", {"B": "b"})
+        assert pick([key.B, "a"]) == ["a", "b"]  # a str subclass binds its value
+        assert len(compiled) == 1  # five lists, one compiled statement
         assert pick([5, 1], t.c.n) == ["b", "7"]
         assert pick([3], t.c.n) == ['d"q']
         assert len(compiled) == 2

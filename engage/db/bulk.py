@@ -300,6 +300,8 @@ def _pg_array(values: Iterable[Any]) -> str:
 
 def _pg_item(value: Any) -> str:
     """An item's text in an array literal (read back with the column's type)."""
+    if isinstance(value, str):  # a subclass: a StrEnum's value, say
+        return str.__str__(value)
     if isinstance(value, date):  # datetime too: ISO 8601, offset included
         return value.isoformat()
     if isinstance(value, int | Decimal) and not isinstance(value, bool):
