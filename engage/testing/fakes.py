@@ -72,8 +72,9 @@ class Reply:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     # socketserver's default backlog of 5 drops connections when 8+ client
-    # threads connect at once (they retry ~1 s later and distort any timing).
-    request_queue_size = 128
+    # threads connect at once (they retry ~1 s later and distort any timing);
+    # three dispatch processes open up to 768 at once.
+    request_queue_size = 1024
     fake: _FakeBase
 
 
