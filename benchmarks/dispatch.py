@@ -22,8 +22,10 @@ Groups:
   third round and second in the second); the figure is the round
   with the median ratio. Target: ≥ 0.70.
 * ``dispatch-latency``: emails/s and SMS/s with the fakes answering after
-  100 ms beside the rate at once (latency hidden: ≥ 90%, and ≥ 1,000 emails/s
-  from one process); a configured rate limit as the bottleneck (≥ 90% of it);
+  100 ms beside the rate at once, in three rounds (at once first in the first
+  and third, 100 ms first in the second); the figure is the round with the
+  median ratio (latency hidden: ≥ 90%, and ≥ 1,000 emails/s from one
+  process); a configured rate limit as the bottleneck (≥ 90% of it);
   and on PostgreSQL 1, 2 and 3 worker processes at 100 ms.
 
 ``ENGAGE_BENCH_DISPATCH_MESSAGES`` sets the messages per figure (default
@@ -36,6 +38,7 @@ import multiprocessing
 import os
 import threading
 import time
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -87,6 +90,8 @@ def _fakes_child(conn: Any) -> None:
         conn.send((sg.url, tw.url))
         while (order := conn.recv()) != "stop":
             sg.latency = tw.latency = float(order)  # answer every request this late
+            sg.clear()  # nobody reads the log here: a growing one slows the fakes
+            tw.clear()
             conn.send("ok")
 
 
@@ -345,20 +350,25 @@ def run(ctx: Context, rounds: int = 3) -> list[Result]:
         return results
 
 
-def run_latency(ctx: Context) -> list[Result]:
+def run_latency(ctx: Context, rounds: int = 3) -> list[Result]:
     """The ``dispatch-latency`` group (see the module doc)."""
     n = _messages(ctx)
     results = []
     with Fakes() as fakes:
         config = _config(ctx, fakes)
         for channel in ("email", "sms"):
-            fakes.latency(0)
-            at_once = _rate(ctx, config, channel, n)
-            fakes.latency(LATENCY)
-            late = _rate(ctx, config, channel, n)
-            ratio = late["rate"] / at_once["rate"]
-            ok = ratio >= HIDDEN and _all_sent(at_once) and _all_sent(late)
-            target = f">= {HIDDEN:.0%} of the rate at once"
+            done = []
+            for i in range(rounds):
+                # As in ``run``: rounds alternate which latency goes first, and
+                # the figure is the round with the median ratio.
+                got: dict[float, dict[str, Any]] = {}
+                for latency in (0, LATENCY) if i % 2 == 0 else (LATENCY, 0):
+                    fakes.latency(latency)
+                    got[latency] = _rate(ctx, config, channel, n)
+                done.append((got[LATENCY]["rate"] / got[0]["rate"], got[0], got[LATENCY]))
+            ratio, at_once, late = sorted(done, key=lambda r: r[0])[len(done) // 2]
+            ok = ratio >= HIDDEN and all(_all_sent(a) and _all_sent(b) for _, a, b in done)
+            target = f"median ratio of {rounds} >= {HIDDEN:.0%} of the rate at once"
             if channel == "email":
                 ok = ok and late["rate"] >= ONE_PROCESS
                 target += f", >= {ONE_PROCESS:,.0f}/s"
@@ -373,7 +383,20 @@ def run_latency(ctx: Context) -> list[Result]:
                     target=target,
                     passed=ok,
                     ratio=round(ratio, 2),
-                    details={"at_once": at_once, "late": late, "workers": config.dispatch.workers},
+                    details={
+                        "at_once": at_once,
+                        "late": late,
+                        "workers": config.dispatch.workers,
+                        "rounds": [
+                            {
+                                "first": "at once" if i % 2 == 0 else "late",
+                                "ratio": round(r, 3),
+                                "at_once": round(a["rate"]),
+                                "late": round(b["rate"]),
+                            }
+                            for i, (r, a, b) in enumerate(done)
+                        ],
+                    },
                     load_avg=load_avg(),
                 )
             )
@@ -418,7 +441,7 @@ def _worker(
     barrier.wait()
     started = time.time()
     stats = dispatcher.run_once(due_by, campaign=name)
-    out.put((stats.outcomes.get("sent", 0), started, time.time()))
+    out.put((stats.outcomes.get("sent", 0), started, time.time(), dict(stats.outcomes)))
     dispatcher.close()
     engine.dispose()
 
@@ -462,6 +485,8 @@ def _workers(ctx: Context, config: Config, n: int) -> list[Result]:
                     "sent": sent,
                     "seconds": round(seconds, 3),
                     "per_process": [round(d[0] / (d[2] - d[1])) for d in done],
+                    # a dict: dataclasses.asdict would rebuild a Counter from its items
+                    "outcomes": dict(sum((Counter(d[3]) for d in done), Counter())),
                 },
                 load_avg=load_avg(),
             )

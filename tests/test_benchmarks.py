@@ -82,6 +82,12 @@ def test_small_run_reports_every_figure(db_url: str, tmp_path: Path) -> None:
     for r in latency:
         for run_ in (r["details"]["at_once"], r["details"]["late"]):
             assert run_["outcomes"] == {"sent": run_["planned"]}, run_
+        rounds = r["details"]["rounds"]  # three rounds alternating which latency goes first
+        assert [x["first"] for x in rounds] == ["at once", "late", "at once"]
+        assert abs(r["ratio"] - sorted(x["ratio"] for x in rounds)[1]) < 0.006  # the median
+    for r in report["results"]:  # PostgreSQL: 1, 2 and 3 worker processes sent everything
+        if "worker process" in r["name"]:
+            assert r["details"]["outcomes"] == {"sent": r["details"]["planned"]}, r
     for row in dispatch:  # three engage/bare pairs, each sending every planned message
         rounds = row["details"]["rounds"]
         assert len(rounds) == 3 and all(r["outcomes"] == {"sent": r["planned"]} for r in rounds)
