@@ -243,10 +243,9 @@ def row_to_recipient(row: Any, config: Config) -> Recipient:
     )
 
 
-_NO_POINTS = PointsSummary()
+_NO_MONEY, _NO_POINTS = Recipient.lifetime_value, Recipient.points  # the fields' defaults
 # The column types' own result conversions (neither reads its dialect argument).
 _UTC, _MONEY, _ANY_DIALECT = UTCDateTime(), Money(), cast(Any, None)
-_NO_MONEY, _NO_POINTS = Recipient.lifetime_value, Recipient.points  # the fields' defaults
 
 
 def _attributes(value: Any) -> dict[str, Any]:
